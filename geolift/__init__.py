@@ -1,0 +1,19 @@
+"""geolift: self-supervised hyperspectral super-resolution of georeferenced scenes.
+
+The core library (no CLI code): ``geolift.srf`` (sensor response curves),
+``geolift.model`` (the SpectraLift engine), ``geolift.evaluate`` (Wald protocol,
+metrics, baselines), ``geolift.io``, ``geolift.align`` and ``geolift.fuse``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from geolift import errors, srf
+from geolift.errors import GeoliftError
+from geolift.model import SpectraLift
+
+try:
+    __version__ = _version("geolift")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["GeoliftError", "SpectraLift", "errors", "srf", "__version__"]

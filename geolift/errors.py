@@ -1,0 +1,60 @@
+"""One exception hierarchy for geolift.
+
+Every error a user can cause (bad file, bad band name, no overlap, ...) is a
+``GeoliftError`` subclass with a one-sentence message; the CLI prints that
+sentence and exits non-zero, never a traceback.
+"""
+
+
+class GeoliftError(Exception):
+    """Base class of every error geolift raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(GeoliftError):
+    """An input file is missing, unreadable, or not a usable raster."""
+
+    exit_code = 2
+
+
+class MetadataError(InputError):
+    """A raster lacks metadata geolift needs (CRS, transform, wavelengths)."""
+
+
+class SensorError(GeoliftError):
+    """Unknown sensor or band name, or a bad custom SRF file."""
+
+    exit_code = 2
+
+
+class SpectralCoverageError(SensorError):
+    """A multispectral band lies (partly) outside the hyperspectral range."""
+
+
+class AlignmentError(GeoliftError):
+    """The two scenes cannot be brought onto a common grid (e.g. no overlap)."""
+
+    exit_code = 3
+
+
+class ModelError(GeoliftError):
+    """The model cannot be fitted or used (no valid pixels, not fitted, shape mismatch)."""
+
+    exit_code = 4
+
+
+class OutputError(GeoliftError):
+    """The output cannot be written (exists, unwritable folder, disk full)."""
+
+    exit_code = 5
+
+
+class BatchError(GeoliftError):
+    """A batch manifest is malformed or a batch could not run."""
+
+    exit_code = 6
+
+
+class GeoliftWarning(UserWarning):
+    """Something was changed or dropped on the user's behalf (e.g. an uncovered band)."""

@@ -1,0 +1,1 @@
+"""Bundled sensor spectral response curves (data only; read by geolift.srf)."""
