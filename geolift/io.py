@@ -1065,6 +1065,12 @@ class HSIWriter:
             dataset_tags["geolift_parameters"] = json.dumps(self.parameters, sort_keys=True, default=str)
         ds.update_tags(**dataset_tags)
 
+    def update_tags(self, **tags: Any) -> None:
+        """Add dataset tags known only once the blocks are written (e.g. a run report)."""
+        if self._ds is None:
+            raise RuntimeError("HSIWriter is not open; use it as a context manager")
+        self._ds.update_tags(**{str(k): v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()})
+
     def block_windows(self, blocks_per_side: int = 1) -> Iterator[Window]:
         """Tile-aligned windows (``blocks_per_side`` tiles square) covering the output, row by row."""
         return block_windows(self.width, self.height, self.tile * max(1, int(blocks_per_side)))
