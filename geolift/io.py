@@ -1019,6 +1019,11 @@ class HSIWriter:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.geolift-tmp-", dir=self.path.parent)
             os.close(fd)
+            # mkstemp makes the file private (0600); the output should get the usual permissions of a
+            # new file (0666 less the umask), as GDAL would give it, so others (QGIS, a web server) can read it.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         except OSError as exc:
             raise OutputError(f"Cannot create a file in {self.path.parent} ({exc.strerror}).") from exc
         self.temp_path = Path(tmp)
