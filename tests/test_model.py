@@ -1,0 +1,447 @@
+"""Tests of the SpectraLift engine (geolift.model): architecture, schedule, optimiser, determinism,
+streaming, NaN handling, units, clipping, errors, pickling and that it actually learns a spectral mapping."""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from geolift.errors import GeoliftError, ModelError
+from geolift.model import PRESETS, SpectraLift, SpectraLiftMLP, learning_rate_schedule
+from geolift.model import _FlatKerasAdam, _MeanAbsoluteError  # internals checked against their references
+
+FAST = dict(steps=200)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """These tests check mechanics on tiny data: one thread is fastest there and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def box_response(n_msi: int, n_hsi: int) -> np.ndarray:
+    """m x C response with contiguous, equal-width box rows summing to 1."""
+    R = np.zeros((n_msi, n_hsi))
+    for i, part in enumerate(np.array_split(np.arange(n_hsi), n_msi)):
+        R[i, part] = 1.0 / len(part)
+    return R
+
+
+def gaussian_response(centers, fwhm, n_hsi: int) -> np.ndarray:
+    """m x C response with Gaussian rows over band index, normalised to sum 1."""
+    x = np.arange(n_hsi)[None, :]
+    sigma = fwhm / 2.3548
+    R = np.exp(-0.5 * ((x - np.asarray(centers, float)[:, None]) / sigma) ** 2)
+    return R / R.sum(axis=1, keepdims=True)
+
+
+def mixing_scene(n_hsi=40, shape=(16, 16), n_end=4, seed=0):
+    """A linear-mixing cube (C, h, w): smooth random endmember spectra with random abundances (sum 1)."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, n_hsi)
+    ends = []
+    for _ in range(n_end):
+        centers = rng.uniform(0, 1, 3)
+        widths = rng.uniform(0.1, 0.3, 3)
+        heights = rng.uniform(0.2, 1.0, 3)
+        ends.append(0.05 + sum(h * np.exp(-0.5 * ((x - c) / w) ** 2) for c, w, h in zip(centers, widths, heights)))
+    E = np.array(ends)  # (n_end, C)
+    E = 0.9 * E / E.max()
+    n = shape[0] * shape[1]
+    A = rng.dirichlet(np.ones(n_end) * 0.7, size=n)  # (n, n_end)
+    pixels = A @ E  # (n, C)
+    return pixels.T.reshape(n_hsi, *shape).astype(np.float32), E
+
+
+@pytest.fixture(scope="module")
+def scene():
+    cube, E = mixing_scene()
+    R = gaussian_response([5, 15, 25, 35], 8, cube.shape[0])
+    return cube, R, E
+
+
+@pytest.fixture(scope="module")
+def fitted(scene):
+    cube, R, _ = scene
+    return SpectraLift(**FAST, seed=3).fit(cube, R)
+
+
+def msi_of(cube, R):
+    return np.tensordot(R, cube, axes=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------- architecture and initialisation
+def test_architecture_matches_reference():
+    net = SpectraLiftMLP(4, 218, hidden=64)
+    layers = list(net.children())
+    assert len(layers) == 7
+    assert [tuple(layer.weight.shape) for layer in layers] == [(64, 4)] + [(64, 64)] * 5 + [(218, 64)]
+    n_params = sum(p.numel() for p in net.parameters())
+    assert n_params == (4 * 64 + 64) + 5 * (64 * 64 + 64) + (64 * 218 + 218) == 35290
+
+
+def test_forward_uses_reference_residual_wiring():
+    torch.manual_seed(1)
+    net = SpectraLiftMLP(3, 5, hidden=8)
+    x = torch.randn(6, 3)
+    W = [(layer.weight.detach().numpy().astype(np.float64), layer.bias.detach().numpy()) for layer in net.children()]
+
+    def dense(i, h, act=True):
+        z = h @ W[i][0].T + W[i][1]
+        return np.where(z > 0, z, 0.3 * z) if act else z
+
+    h = x.numpy().astype(np.float64)
+    x1 = dense(0, h)
+    h = dense(1, x1) + x1
+    h = dense(3, dense(2, h)) + h
+    h = dense(5, dense(4, h)) + h
+    expected = dense(6, h, act=False)
+    np.testing.assert_allclose(net(x).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_keras_initialisation_glorot_uniform_and_zero_bias():
+    net = SpectraLiftMLP(4, 100, hidden=64)
+    net.reset_parameters_keras(torch.Generator().manual_seed(0))
+    for layer in net.children():
+        fan_out, fan_in = layer.weight.shape
+        limit = math.sqrt(6 / (fan_in + fan_out))
+        w = layer.weight.detach().numpy()
+        assert np.abs(w).max() <= limit
+        assert np.abs(w).max() > 0.9 * limit  # spans the whole Glorot interval
+        assert abs(w.std() - limit / math.sqrt(3)) < 0.15 * limit / math.sqrt(3)
+        assert np.all(layer.bias.detach().numpy() == 0)
+
+
+def test_fitted_network_shapes(fitted, scene):
+    cube, R, _ = scene
+    assert fitted.n_bands_in == R.shape[0] == 4
+    assert fitted.n_bands_out == cube.shape[0] == 40
+    net = fitted.network()
+    assert net.layer1.in_features == 4 and net.output_layer.out_features == 40
+    assert len(fitted.history) == FAST["steps"]
+    assert fitted.fit_seconds > 0
+    assert fitted.n_train_pixels == 16 * 16
+
+
+# ---------------------------------------------------------------- schedule and optimiser
+def test_one_cycle_schedule_key_values():
+    lr = learning_rate_schedule(2500, 1e-3, 1e-2, 1e-6, 0.3)
+    assert lr.shape == (2500,)
+    assert lr[0] == pytest.approx(1e-3 + 9e-3 / 750)  # step 1
+    assert lr[748] == pytest.approx(1e-3 + 9e-3 * 749 / 750)  # step 749, still rising
+    assert lr[749] == pytest.approx(1e-2)  # step 750 = 30 %: the peak
+    assert int(np.argmax(lr)) == 749
+    assert lr[-1] == pytest.approx(1e-6, rel=1e-9)  # last step
+    assert lr[1624] == pytest.approx(1e-2 - (1e-2 - 1e-6) * 875 / 1750)  # halfway down
+    assert np.all(np.diff(lr[:750]) > 0) and np.all(np.diff(lr[749:]) < 0)
+
+
+def test_model_defaults_are_the_faithful_preset():
+    model = SpectraLift()
+    preset = PRESETS["spectralift"]
+    assert (model.steps, model.hidden, model.lr_initial, model.lr_max, model.lr_final, model.warmup) == (
+        preset["steps"], preset["hidden"], preset["lr_initial"], preset["lr_max"], preset["lr_final"],
+        preset["warmup"])
+    assert (model.steps, model.hidden, model.lr_initial, model.lr_max, model.lr_final) == (
+        2500, 64, 1e-3, 1e-2, 1e-6)
+    np.testing.assert_array_equal(model.learning_rates(), learning_rate_schedule(2500, 1e-3, 1e-2, 1e-6, 0.3))
+
+
+def test_optimizer_follows_keras_adam():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = _FlatKerasAdam(net)
+    theta = opt.flat.double().numpy().copy()
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    x = torch.randn(5, 3)
+    for t, lr in enumerate([1e-2, 5e-3, 2e-2], start=1):
+        opt.zero_grad()
+        (net(x) ** 2).mean().backward()
+        g = opt.grad.double().numpy().copy()
+        alpha = lr * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+        m = m + (g - m) * 0.1
+        v = v + (g * g - v) * 0.001
+        theta = theta - m * alpha / (np.sqrt(v) + 1e-7)  # Keras: epsilon added before bias correction
+        opt.step(alpha)
+        np.testing.assert_allclose(opt.flat.numpy(), theta, rtol=1e-5, atol=1e-7)
+        # the module's own parameters are views of the flat buffer, so they moved too
+        np.testing.assert_allclose(net.weight.detach().numpy().ravel(), theta[:6], rtol=1e-5, atol=1e-7)
+
+
+def test_mean_absolute_error_matches_torch_l1_loss():
+    torch.manual_seed(0)
+    pred = torch.randn(50, 7, requires_grad=True)
+    target = torch.randn(50, 7)
+    target[0, 0] = pred[0, 0].item()  # a zero difference has zero gradient in both
+    ours = _MeanAbsoluteError.apply(pred, target)
+    (grad_ours,) = torch.autograd.grad(3.0 * ours, pred)
+    ref = torch.nn.functional.l1_loss(pred, target)
+    (grad_ref,) = torch.autograd.grad(3.0 * ref, pred)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(grad_ours, grad_ref)
+
+
+# ---------------------------------------------------------------- determinism and streaming
+def test_same_seed_is_bit_identical_and_other_seed_differs(scene):
+    cube, R, _ = scene
+    msi = msi_of(cube, R)
+    a = SpectraLift(**FAST, seed=7).fit(cube, R)
+    b = SpectraLift(**FAST, seed=7).fit(cube, R)
+    c = SpectraLift(**FAST, seed=8).fit(cube, R)
+    np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
+    assert a.history == b.history
+    assert not np.array_equal(a.predict(msi), c.predict(msi))
+
+
+def test_fit_leaves_global_random_state_alone(scene):
+    cube, R, _ = scene
+    torch_state = torch.random.get_rng_state()
+    np_state = np.random.get_state()[1].copy()
+    SpectraLift(steps=5).fit(cube, R)
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)
+
+
+def test_blockwise_prediction_equals_whole(fitted, scene):
+    cube, R, _ = scene
+    rng = np.random.default_rng(5)
+    hr = msi_of(np.repeat(np.repeat(cube, 3, axis=1), 3, axis=2), R)  # (4, 48, 48)
+    hr = hr + rng.normal(0, 0.01, hr.shape).astype(np.float32)
+    hr[:, 7, 9] = np.nan
+    hr[2, 30, 30] = np.nan
+    whole = fitted.predict(hr)
+    # row strips of uneven heights, including a single row
+    strips = [fitted.predict(hr[:, a:b]) for a, b in [(0, 1), (1, 17), (17, 40), (40, 48)]]
+    np.testing.assert_array_equal(np.concatenate(strips, axis=1), whole)
+    # 2-D tiles
+    tile = fitted.predict(hr[:, 5:21, 3:30])
+    np.testing.assert_array_equal(tile, whole[:, 5:21, 3:30])
+    # single pixels and tiny batches through predict_pixels
+    pixels = hr.reshape(4, -1).T
+    flat_whole = whole.reshape(whole.shape[0], -1).T
+    for a, b in [(0, 1), (100, 102), (500, 503), (1000, 1013)]:
+        np.testing.assert_array_equal(fitted.predict_pixels(pixels[a:b]), flat_whole[a:b])
+    # a different internal chunk size changes nothing
+    small_chunks = pickle.loads(pickle.dumps(fitted))
+    small_chunks.chunk_pixels = 37
+    np.testing.assert_array_equal(small_chunks.predict(hr), whole)
+
+
+# ---------------------------------------------------------------- NaN handling
+def test_nan_pixels_are_excluded_from_training(scene):
+    cube, R, _ = scene
+    holed = cube.copy()
+    holed[:, 0, :5] = np.nan  # whole-pixel holes
+    holed[3, 10, 10] = np.nan  # a single bad band spoils its pixel
+    valid = np.all(np.isfinite(holed), axis=0)
+    compact = cube[:, valid][:, None, :]  # the valid pixels only, same order, as a 1-row image
+    a = SpectraLift(**FAST).fit(holed, R)
+    b = SpectraLift(**FAST).fit(compact, R)
+    assert a.n_train_pixels == b.n_train_pixels == valid.sum() == 16 * 16 - 6
+    assert a.data_range == b.data_range
+    assert np.all(np.isfinite(a.history))
+    msi = msi_of(cube, R)
+    np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
+
+
+def test_nan_msi_pixels_give_nan_in_every_band(fitted, scene):
+    cube, R, _ = scene
+    msi = msi_of(cube, R)
+    msi[:, 2, 3] = np.nan
+    msi[1, 5, 6] = np.nan
+    msi[0, 7, 7] = np.inf
+    out = fitted.predict(msi)
+    assert out.dtype == np.float32 and out.shape == cube.shape
+    bad = np.zeros(cube.shape[1:], bool)
+    bad[2, 3] = bad[5, 6] = bad[7, 7] = True
+    assert np.all(np.isnan(out[:, bad]))
+    assert np.all(np.isfinite(out[:, ~bad]))
+    all_nan = fitted.predict_pixels(np.full((3, 4), np.nan))
+    assert all_nan.shape == (3, 40) and np.all(np.isnan(all_nan))
+
+
+# ---------------------------------------------------------------- units, scaling and clipping
+def test_scaled_integer_units_give_scaled_results(fitted, scene):
+    cube, R, _ = scene
+    big = SpectraLift(**FAST, seed=3).fit(cube.astype(np.float64) * 10000, R)
+    lo, hi = fitted.data_range
+    assert big.data_range == pytest.approx((lo * 10000, hi * 10000))
+    msi = msi_of(cube, R)
+    small_out = fitted.predict(msi)
+    big_out = big.predict(msi.astype(np.float64) * 10000)
+    # the scaled training data agree up to float32 rounding, so the fits agree closely, not bit for bit
+    np.testing.assert_allclose(big_out, small_out * 10000, rtol=0, atol=10000 * 1e-4)
+    assert np.mean(np.abs(big_out - small_out * 10000)) < 10000 * 1e-5
+    # integer input arrays work the same way
+    as_uint16 = SpectraLift(**FAST, seed=3).fit(np.round(cube * 10000).astype(np.uint16), R)
+    assert as_uint16.predict(np.round(msi * 10000).astype(np.uint16)).dtype == np.float32
+
+
+def test_msi_scaling_is_exact_for_rows_not_summing_to_one():
+    """With an offset data range and rows summing to 3, the LR-MSI must reproduce the training fit."""
+    cube, _ = mixing_scene(n_hsi=30, shape=(12, 12), seed=2)
+    cube = 1000 + 4000 * cube  # units with a large offset: lo is far from 0
+    R = 3.0 * box_response(3, 30)
+    model = SpectraLift(steps=300).fit(cube, R)
+    lo, hi = model.data_range
+    pred = model.predict(msi_of(cube, R).astype(np.float64))
+    mae_scaled = np.mean(np.abs(pred - cube)) / (hi - lo)
+    assert mae_scaled <= model.history[-1] * 1.05 + 1e-4  # clipping can only help
+    assert mae_scaled < 0.05
+
+
+def test_value_range_sets_scaling_and_clip_bounds(scene):
+    cube, R, _ = scene
+    model = SpectraLift(**FAST, value_range=(0, 1)).fit(cube, R)
+    assert model.data_range == (0.0, 1.0)
+    extreme = np.concatenate([np.full((5, 4), 50.0), np.full((5, 4), -50.0)])
+    out = model.predict_pixels(extreme)
+    assert out.max() == np.float32(1.0) and out.min() == np.float32(0.0)  # clipped exactly at the bounds
+
+
+def test_outputs_are_clipped_to_the_lr_hsi_range(scene):
+    cube, R, _ = scene
+    units = cube * 10000
+    model = SpectraLift(**FAST).fit(units, R)
+    lo, hi = float(np.nanmin(units)), float(np.nanmax(units))
+    assert model.data_range == (lo, hi)
+    rng = np.random.default_rng(0)
+    wild = rng.uniform(-5 * hi, 5 * hi, size=(4, 20, 20))
+    out = model.predict(wild)
+    assert out.min() >= np.float32(lo) and out.max() <= np.float32(hi)
+    assert np.any(out == np.float32(hi)) and np.any(out == np.float32(lo))  # clipping did happen
+
+
+# ---------------------------------------------------------------- errors
+def test_predict_before_fit_raises():
+    with pytest.raises(ModelError, match="not fitted"):
+        SpectraLift().predict(np.zeros((4, 2, 2)))
+    with pytest.raises(ModelError, match="not fitted"):
+        SpectraLift().predict_pixels(np.zeros((2, 4)))
+
+
+def test_shape_errors(fitted, scene):
+    cube, R, _ = scene
+    model = SpectraLift(steps=2)
+    with pytest.raises(ModelError, match="bands, rows, cols"):
+        model.fit(cube[0], R)
+    with pytest.raises(ModelError, match="2-D"):
+        model.fit(cube, R[0])
+    with pytest.raises(ModelError, match="40 bands"):
+        model.fit(cube, R[:, :-1])
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        bad_R = R.copy()
+        bad_R[0, 0] = np.nan
+        model.fit(cube, bad_R)
+    with pytest.raises(ModelError, match="3 bands but the model was fitted with 4"):
+        fitted.predict(np.zeros((3, 5, 5)))
+    with pytest.raises(ModelError, match="bands, rows, cols"):
+        fitted.predict(np.zeros((4, 5)))
+    with pytest.raises(ModelError, match=r"\(n, 4\)"):
+        fitted.predict_pixels(np.zeros((5, 3)))
+
+
+def test_data_errors(scene):
+    cube, R, _ = scene
+    with pytest.raises(ModelError, match="no valid pixels"):
+        SpectraLift(steps=2).fit(np.full_like(cube, np.nan), R)
+    few = np.full_like(cube, np.nan)
+    few[:, 0, :5] = cube[:, 0, :5]
+    with pytest.raises(ModelError, match="only 5 valid pixels"):
+        SpectraLift(steps=2).fit(few, R)
+    with pytest.raises(ModelError, match="same value"):
+        SpectraLift(steps=2).fit(np.full_like(cube, 0.3), R)
+    assert issubclass(ModelError, GeoliftError)
+
+
+def test_parameter_errors():
+    with pytest.raises(ModelError, match="preset"):
+        SpectraLift(preset="fancy")
+    with pytest.raises(ModelError, match="value_range"):
+        SpectraLift(value_range=(1, 0))
+    with pytest.raises(ModelError, match="value_range"):
+        SpectraLift(value_range="abc")
+    with pytest.raises(ModelError, match="steps"):
+        SpectraLift(steps=0)
+    with pytest.raises(ModelError, match="warmup"):
+        SpectraLift(warmup=1.0)
+    with pytest.raises(ModelError, match="device"):
+        SpectraLift(device="tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_requested_without_cuda_raises_and_auto_falls_back(scene):
+    with pytest.raises(ModelError, match="CUDA is not available"):
+        SpectraLift(device="cuda")
+    cube, R, _ = scene
+    auto = SpectraLift(steps=20, device="auto").fit(cube, R)
+    cpu = SpectraLift(steps=20, device="cpu").fit(cube, R)
+    msi = msi_of(cube, R)
+    np.testing.assert_array_equal(auto.predict(msi), cpu.predict(msi))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fits_and_predicts_like_cpu(fitted, scene):
+    cube, R, _ = scene
+    msi = msi_of(cube, R)
+    on_gpu = pickle.loads(pickle.dumps(fitted))
+    on_gpu.device = "cuda"  # same weights, inference on the GPU: only float rounding may differ
+    np.testing.assert_allclose(on_gpu.predict(msi), fitted.predict(msi), rtol=0, atol=1e-5)
+    gpu = SpectraLift(**FAST, device="cuda").fit(cube, R)
+    assert gpu.history[-1] < 0.2 * gpu.history[0]
+
+
+# ---------------------------------------------------------------- pickling and progress
+def test_pickle_round_trip_gives_identical_predictions(fitted, scene):
+    cube, R, _ = scene
+    msi = msi_of(cube, R)
+    before = fitted.predict(msi)  # builds the cached network, which must not break pickling
+    clone = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(clone.predict(msi), before)
+    assert clone.history == fitted.history and clone.data_range == fitted.data_range
+
+
+def test_progress_callback_reports_training_and_prediction(scene):
+    cube, R, _ = scene
+    calls = []
+    model = SpectraLift(steps=50, chunk_pixels=100).fit(cube, R, progress=lambda *a: calls.append(a))
+    train = [c for c in calls if c[2] == "train"]
+    assert train[0] == (0, 50, "train") and train[-1] == (50, 50, "train")
+    assert [c[0] for c in train] == sorted(c[0] for c in train)
+    calls.clear()
+    model.predict(msi_of(cube, R), progress=lambda *a: calls.append(a))
+    assert calls == [(1, 3, "predict"), (2, 3, "predict"), (3, 3, "predict")]  # 256 pixels in chunks of 100
+
+
+def test_num_threads_applies_during_work_and_is_restored(scene):
+    cube, R, _ = scene
+    seen = []
+    before = torch.get_num_threads()
+    model = SpectraLift(steps=3, num_threads=2).fit(cube, R, progress=lambda *a: seen.append(torch.get_num_threads()))
+    model.predict(msi_of(cube, R), progress=lambda *a: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {2}
+    assert torch.get_num_threads() == before
+    with pytest.raises(ModelError, match="num_threads"):
+        SpectraLift(num_threads=0)
+
+
+# ---------------------------------------------------------------- it learns
+def test_learns_linear_mixing_and_beats_mean_spectrum(scene):
+    cube, R, E = scene
+    model = SpectraLift(steps=500, seed=0).fit(cube, R)
+    assert model.history[-1] < 0.2 * model.history[0]
+    # held-out pixels: new abundances of the same materials, seen only through their MSI
+    rng = np.random.default_rng(99)
+    held_out = rng.dirichlet(np.ones(E.shape[0]) * 0.7, size=400) @ E  # (400, C)
+    pred = model.predict_pixels((held_out @ R.T).astype(np.float32))
+    rmse_model = np.sqrt(np.mean((pred - held_out) ** 2))
+    mean_spectrum = np.nanmean(cube.reshape(cube.shape[0], -1), axis=1)
+    rmse_mean = np.sqrt(np.mean((mean_spectrum[None, :] - held_out) ** 2))
+    assert rmse_model < 0.05 * rmse_mean, (rmse_model, rmse_mean)  # measured ratio ~0.015
+
