@@ -1,0 +1,279 @@
+"""``geolift batch``: fuse many scene pairs on a Dask cluster, resumably (see ``geolift.batch``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import typer
+
+from geolift.cli import app, fail, run_command, setup_logging
+
+log = logging.getLogger("geolift")
+
+#: Exit code when the batch ran but some jobs failed (a batch that cannot run at all exits with
+#: BatchError's code, 6; an interrupted one with 130).
+EXIT_JOBS_FAILED = 1
+
+#: Above this many jobs the summary table lists only the failed ones.
+TABLE_ROWS = 50
+
+
+class ProgressMode(str, Enum):
+    bar = "bar"
+    plain = "plain"
+    none = "none"
+
+
+class OutputType(str, Enum):
+    float32 = "float32"
+    int16 = "int16"
+
+
+class Compression(str, Enum):
+    deflate = "deflate"
+    zstd = "zstd"
+    none = "none"
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Write to whatever ``sys.stderr`` is now, so lines land above rich's live progress bars."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_batch_logging(quiet: bool, log_file: Path) -> list[tuple[logging.Logger, logging.Handler]]:
+    """geolift lines on stderr (as every command) and, with timestamps, in the log file.
+
+    Dask's own warnings (a worker died, restarted, ran short of memory) go to the log file too,
+    through a second handler: LocalCluster resets the level of every handler on its logger.
+    """
+    setup_logging(quiet)
+    console = _CurrentStderr()
+    console.setFormatter(logging.Formatter("geolift: %(message)s"))
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    ours = logging.FileHandler(log_file, encoding="utf-8")
+    ours.setFormatter(formatter)
+    ours.setLevel(logging.INFO)
+    dasks = logging.FileHandler(log_file, encoding="utf-8")
+    dasks.setFormatter(formatter)
+    dasks.setLevel(logging.WARNING)
+    log.handlers[:] = [console, ours]
+    log.setLevel(logging.INFO)
+    logging.getLogger("distributed").addHandler(dasks)
+    return [(log, ours), (logging.getLogger("distributed"), dasks)]
+
+
+def _split_bands(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    if not text:
+        return None
+    names = tuple(b for b in text.replace(";", ",").replace(" ", ",").split(",") if b.strip())
+    return tuple(n.strip() for n in names) or None
+
+
+@contextmanager
+def _progress_display(mode: str, total: int) -> Iterator[Optional[Callable]]:
+    """Yield a JobEvent callback: rich bars (overall + one per running job), plain lines, or nothing."""
+    if mode == "none":
+        yield None
+        return
+    finished = {"n": 0}
+    lock = threading.Lock()
+    terminal = {"done", "skipped", "failed"}
+
+    if mode == "plain":
+        last = {"text": ""}
+
+        def plain(event) -> None:
+            with lock:
+                if event.stage in terminal:
+                    finished["n"] += 1
+                    text = f"geolift: progress {100.0 * finished['n'] / max(total, 1):.1f}% batch"
+                    if text != last["text"]:
+                        last["text"] = text
+                        print(text, file=sys.stderr, flush=True)
+
+        yield plain
+        return
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    labels = {"read": "reading", "train": "training", "write": "writing", "retry": "retrying", "queued": "queued"}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=False,
+    ) as bars:
+        overall = bars.add_task("[bold]jobs", total=total)
+        rows: dict[str, int] = {}
+
+        def show(event) -> None:
+            with lock:
+                if event.stage in terminal:
+                    bars.advance(overall)
+                    if event.job in rows:
+                        bars.remove_task(rows.pop(event.job))
+                    return
+                if event.stage == "queued":
+                    return
+                if event.job not in rows:
+                    rows[event.job] = bars.add_task("", total=None)
+                description = f"  {event.job[:40]:<40} {labels.get(event.stage, event.stage):<9}"
+                total_steps = event.total or None
+                bars.update(rows[event.job], description=description, completed=event.done, total=total_steps)
+
+        yield show
+
+
+def _print_summary(report, outdir: Path, json_path: Path, csv_path: Path, quiet: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    counts = report.summary()
+    console = Console()
+    if not quiet:
+        rows = report.results if len(report.results) <= TABLE_ROWS else report.failed
+        if rows:
+            table = Table(title="geolift batch" + ("" if rows is report.results else " (failed jobs)"))
+            for column in ("job", "status", "attempts", "seconds", "reason"):
+                table.add_column(column, justify="right" if column in ("attempts", "seconds") else "left",
+                                 overflow="fold")
+            style = {"done": "green", "skipped": "cyan", "failed": "bold red"}
+            for r in rows:
+                table.add_row(r.job, f"[{style[r.status]}]{r.status}[/]", str(r.attempts), f"{r.seconds:.1f}",
+                              r.reason)
+            console.print(table)
+    typer.echo(
+        f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+        f"of {counts['total']} job(s) in {report.seconds:.1f} s. Report: {json_path} and {csv_path.name}."
+    )
+
+
+@app.command("batch")
+def batch(
+    manifest: Optional[Path] = typer.Argument(
+        None, help="CSV manifest: header hsi,msi[,sensor,bands,output,steps,seed,...], one line per job. "
+        "Relative paths are relative to the manifest's folder. Leave out to pair --hsi-dir with --msi-dir.",
+    ),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output folder (created if missing)."),
+    hsi_dir: Optional[Path] = typer.Option(None, "--hsi-dir", help="Pairing mode: folder of HSI scenes."),
+    msi_dir: Optional[Path] = typer.Option(None, "--msi-dir", help="Pairing mode: folder of MSI scenes."),
+    match: Optional[str] = typer.Option(
+        None, "--match", help="Pairing mode: regex with one group capturing the scene id in file names "
+        "(default: the first date YYYYMMDD); unmatched scenes are paired by footprint overlap.",
+    ),
+    hsi_glob: str = typer.Option("*", "--hsi-glob", help="Pairing mode: which files of --hsi-dir to use."),
+    msi_glob: str = typer.Option("*", "--msi-glob", help="Pairing mode: which files of --msi-dir to use."),
+    sensor: Optional[str] = typer.Option(None, "--sensor", "-s", help="MSI sensor for every job (a manifest "
+                                         "'sensor' column overrides it)."),
+    bands: Optional[str] = typer.Option(None, "--bands", "-b", help="Sensor bands the MSI files hold, e.g. B2,B3,B4,B8."),
+    srf_csv: Optional[Path] = typer.Option(None, "--srf", help="Custom SRF CSV instead of --sensor."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the preset's)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same result."),
+    preset: str = typer.Option("spectralift", "--preset", help="Training preset."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (on the workers)."),
+    no_align: bool = typer.Option(False, "--no-align", help="Do not estimate and correct the residual shift."),
+    harmonize: bool = typer.Option(False, "--harmonize", help="Map each MSI to its HSI's radiometry first."),
+    drop_uncovered: bool = typer.Option(False, "--drop-uncovered", help="Leave out MSI bands the HSI does not cover."),
+    dtype: Optional[OutputType] = typer.Option(None, "--dtype", help="Output data type (default: as fuse)."),
+    compress: Compression = typer.Option(Compression.deflate, "--compress", help="GeoTIFF compression."),
+    tile_size: int = typer.Option(512, "--tile-size", help="Internal GeoTIFF tile size (multiple of 16)."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: start a "
+        "local cluster).",
+    ),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Local cluster: worker processes "
+                                          "(default: usable cores / --torch-threads)."),
+    torch_threads: int = typer.Option(1, "--torch-threads", min=1, help="torch threads per task. Part of the "
+                                      "result: the output equals geolift fuse run with this many threads."),
+    retries: int = typer.Option(2, "--retries", min=0, help="Resubmissions of a task whose worker died or hit an "
+                                "I/O or memory error (input errors are never retried)."),
+    force: bool = typer.Option(False, "--force", help="Redo every job, even those whose output is up to date."),
+    pixels_per_task: int = typer.Option(512 * 512, "--pixels-per-task", min=1,
+                                        help="Output pixels per tile task; smaller scenes run as one task."),
+    log_file: Optional[Path] = typer.Option(None, "--log", help="Log file (default: OUTDIR/batch.log, appended)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print warnings, errors and the totals."),
+    progress: ProgressMode = typer.Option(ProgressMode.bar, "--progress", help="bar, plain or none."),
+) -> None:
+    """Fuse many HSI/MSI pairs on Dask, resumably: skip up-to-date outputs, retry lost workers, report.
+
+    Writes OUTDIR/batch_report.json and .csv. Exit code 0 when every job is done or up to date,
+    1 when some failed, 6 when the batch cannot run (bad manifest, no scheduler), 130 on Ctrl-C.
+    """
+    setup_logging(quiet)
+
+    def action():
+        from geolift.batch import (BatchSettings, dashboard_link, dask_client, pair_folders, read_manifest,
+                                   run_batch)
+        from geolift.errors import BatchError
+        from geolift.fuse import FuseOptions
+
+        pairing = hsi_dir is not None or msi_dir is not None
+        if manifest is not None and pairing:
+            raise BatchError("Give either a MANIFEST or --hsi-dir/--msi-dir, not both.")
+        if manifest is None and not (hsi_dir and msi_dir):
+            raise BatchError("Give a MANIFEST, or both --hsi-dir and --msi-dir to pair two folders.")
+        if scheduler and workers:
+            raise BatchError("--workers sizes the local cluster; an existing cluster (--scheduler) keeps its own.")
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BatchError(f"Cannot create the output folder {outdir} ({exc.strerror}).") from None
+        file_handlers = _setup_batch_logging(quiet, log_file or outdir / "batch.log")
+        log.info("geolift batch: %s", " ".join(sys.argv[1:]) or "(library call)")
+
+        defaults = FuseOptions(
+            sensor=sensor, bands=_split_bands(bands), srf_path=str(srf_csv) if srf_csv else None,
+            drop_uncovered=drop_uncovered, preset=preset, steps=steps, seed=seed, device=device,
+            align=not no_align, harmonize=harmonize, dtype=dtype.value if dtype else None,
+            compress=compress.value, tile_size=tile_size,
+        )
+        if manifest is not None:
+            jobs = read_manifest(manifest, outdir, defaults)
+        else:
+            jobs, unmatched = pair_folders(hsi_dir, msi_dir, outdir, defaults, match=match, hsi_glob=hsi_glob,
+                                           msi_glob=msi_glob)
+            if unmatched:
+                log.warning("%d HSI scene(s) have no MSI pair and are left out (see the log).", len(unmatched))
+        settings = BatchSettings(torch_threads=torch_threads, retries=retries, force=force,
+                                 pixels_per_task=pixels_per_task)
+        try:
+            with dask_client(scheduler, workers, torch_threads) as client:
+                n_workers = len(client.scheduler_info().get("workers", {}))
+                log.info("Dask: %s, %d worker(s)%s.", scheduler or "local cluster", n_workers,
+                         f", {torch_threads} torch thread(s) per task" if torch_threads > 1 else "")
+                link = dashboard_link(client)
+                if link:
+                    log.info("Dask dashboard: %s", link)
+                mode = "none" if quiet and progress is ProgressMode.bar else progress.value
+                with _progress_display(mode, len(jobs)) as callback:
+                    report = run_batch(jobs, client, settings, progress=callback)
+            json_path, csv_path = report.write(outdir)
+            _print_summary(report, outdir, json_path, csv_path, quiet)
+        finally:
+            for logger, handler in file_handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        if report.interrupted:
+            raise fail("interrupted; finished outputs are kept and the next run resumes.", 130)
+        if report.failed:
+            raise fail(f"{len(report.failed)} of {len(report.results)} job(s) failed; see {csv_path}.",
+                       EXIT_JOBS_FAILED)
+        return report
+
+    run_command(action)
