@@ -44,11 +44,13 @@ job come back prefixed with the job name) and reports progress through ``progres
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io as _stdio
 import json
 import logging
 import os
+import pickle
 import re
 import tempfile
 import threading
@@ -782,7 +784,7 @@ class _TaskLogForwarder(logging.Handler):
             return
         try:
             self.worker.log_event(self.topic, {"job": self.job, "kind": "log", "level": record.levelno,
-                                               "message": record.getMessage()})
+                                               "message": self.format(record)})
         except Exception:  # logging must never break the task
             pass
 
@@ -825,10 +827,47 @@ def _task_context(job: str, torch_threads: int, topic: str | None) -> Iterator[C
 
     try:
         yield progress
+    except Exception as exc:
+        if not isinstance(exc, GeoliftError):  # a bug or a system error: keep its traceback in the log
+            log.warning("Unexpected %s in a task:", type(exc).__name__, exc_info=True)
+        raise
     finally:
         geolift_log.removeHandler(handler)
 
 
+def _portable(exc: BaseException) -> BaseException:
+    """The same error without its chained causes, so it crosses to the client with its class intact.
+
+    Dask pickles a failed task's exception together with its ``__cause__``/``__context__``; when
+    one of those does not pickle (GDAL errors from rasterio, for instance) Dask falls back to a
+    bare ``Exception(repr)`` and the class, which decides retry or not, is lost.
+    """
+    try:
+        clone = type(exc)(*exc.args)
+        pickle.loads(pickle.dumps(clone))
+        return clone
+    except Exception:
+        for kind in (GeoliftError, OSError, MemoryError):
+            if isinstance(exc, kind):
+                return kind(str(exc))
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _with_portable_errors(task: Callable) -> Callable:
+    """Run a Dask task so that its failure reaches the client as a picklable, cause-free error."""
+
+    @functools.wraps(task)
+    def run(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside this block (no __context__)
+            error = _portable(exc)
+        raise error
+
+    return run
+
+
+@_with_portable_errors
 def _prepare_task(job: BatchJob, torch_threads: int, inline_pixels: int, topic: str | None) -> PreparedJob:
     """Dask task: read, align and fit one job; predict it too when the output is small."""
     with _task_context(job.name, torch_threads, topic) as progress:
@@ -840,6 +879,7 @@ def _prepare_task(job: BatchJob, torch_threads: int, inline_pixels: int, topic: 
         return PreparedJob(plan, blocks)
 
 
+@_with_portable_errors
 def _predict_task(prepared: PreparedJob, windows: list, torch_threads: int, job: str,
                   topic: str | None) -> list[tuple[Any, Any]]:
     """Dask task: predict a run of output windows of one scene with its fitted plan."""
