@@ -663,7 +663,7 @@ def _overlap_centre(hsi_grid: Grid, msi_grid: Grid) -> tuple[float, float]:
 
 
 def _fmt_box(box) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in box) + ")"
+    return "(" + ", ".join(f"{v:.10g}" for v in box) + ")"  # 10 digits: UTM northings in full, not 5.80708e+06
 
 
 def _crs_name(crs: CRS) -> str:
