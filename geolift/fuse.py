@@ -243,18 +243,11 @@ def prepare_fusion(
 
     curves, msi_band_names = _msi_response_curves(msi, options)
     good = hsi.good_bands
-    # File order need not be wavelength order (EnMAP's VNIR and SWIR detectors overlap at 902-993 nm)
-    # but the response wants monotonic wavelengths: build it on the sorted bands, then put its columns
-    # back in file order.
-    order = np.argsort(hsi.wavelengths_nm[good], kind="stable")
-    fwhm = hsi.fwhm_nm[good][order] if hsi.fwhm_nm is not None else None
+    fwhm = hsi.fwhm_nm[good] if hsi.fwhm_nm is not None else None
     response = srf.build_response(
-        curves, msi_band_names, hsi.wavelengths_nm[good][order], fwhm_nm=fwhm, units="nm",
+        curves, msi_band_names, hsi.wavelengths_nm[good], fwhm_nm=fwhm, units="nm",
         drop_uncovered=options.drop_uncovered,
     )
-    in_file_order = np.empty_like(response.matrix)
-    in_file_order[:, order] = response.matrix
-    response = replace(response, matrix=in_file_order)
     band_indices = [msi_band_names.index(b) for b in response.bands]
     report.srf, report.msi_bands, report.dropped_bands = curves.display_name, list(response.bands), list(response.dropped)
     log.info("Response: %s bands %s on %d HSI bands (%d bad bands left out).",

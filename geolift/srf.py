@@ -667,14 +667,15 @@ def _validate_hsi(
     if wl.min() <= 0:
         raise MetadataError("HSI wavelengths must be positive.")
     if wl.size > 1:
-        steps = np.diff(wl)
-        if not (np.all(steps > 0) or np.all(steps < 0)):
-            kind = "repeats" if np.any(steps == 0) else "breaks the order"
-            sign = np.sign(steps[0]) if steps[0] != 0 else 1.0
-            bad = int(np.flatnonzero((steps == 0) | (np.sign(steps) != sign))[0]) + 1
+        # Any order is fine (EnMAP's VNIR and SWIR detectors overlap, so file order is not
+        # wavelength order); two bands at the same centre are not.
+        ranked = np.sort(wl)
+        same = np.flatnonzero(np.diff(ranked) == 0)
+        if same.size:
+            dup = ranked[same[0]]
+            first, second = (int(i) + 1 for i in np.flatnonzero(wl == dup)[:2])
             raise MetadataError(
-                f"HSI wavelengths must be strictly increasing (or decreasing): band {bad + 1} "
-                f"({wl[bad]:g} nm) {kind} after band {bad} ({wl[bad - 1]:g} nm)."
+                f"HSI wavelengths must be distinct: band {second} ({dup:g} nm) repeats band {first}."
             )
     if fwhm is None:
         if wl.size < 2:
@@ -748,7 +749,7 @@ def build_response(
 
     ``sensor_or_srfset``: a bundled sensor name, a path to a custom SRF CSV, or an
     :class:`SRFSet`.  ``band_names``: MSI bands in any accepted spelling (None = all).
-    ``wavelengths``: HSI band centres, strictly monotonic, in ``units`` (guessed when
+    ``wavelengths``: HSI band centres, distinct, in any order, in ``units`` (guessed when
     None, see :func:`to_nm`).  ``fwhm_nm``: HSI FWHM per band (or one value) in the same
     units as ``wavelengths``; None estimates it from the band spacing (module docstring).
     Uncovered bands (less than ``min_coverage`` of their response inside the HSI
@@ -795,7 +796,7 @@ def build_response(
                 f"{srf.display_name} {'band' if len(details) == 1 else 'bands'} {'; '.join(details)} "
                 f"{'is' if len(details) == 1 else 'are'} not covered by the "
                 f"hyperspectral bands, which span {span} (at least {min_coverage:.0%} of a band's "
-                f"response must lie inside); leave the band out or use drop_uncovered=True."
+                f"response must lie inside); leave the band out (--bands) or drop it with --drop-uncovered (drop_uncovered=True in Python)."
             )
         if not keep.any():
             raise SpectralCoverageError(
