@@ -602,15 +602,30 @@ def is_complete(job: BatchJob, digest: str) -> bool:
     return sidecar is not None and sidecar.get("hash") == digest
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask is process-wide, not thread-safe to probe
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write a small file through a temporary name, with normal permissions (mkstemp's are 0600)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=str)
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    _write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _remove_leftovers(output: Path) -> None:
@@ -716,10 +731,7 @@ class BatchReport:
         writer.writeheader()
         for r in self.results:
             writer.writerow(asdict(r) | {"seconds": f"{r.seconds:.2f}"})
-        fd, tmp = tempfile.mkstemp(prefix=f".{csv_path.name}.", suffix=".tmp", dir=outdir)
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, csv_path)
+        _write_text_atomic(csv_path, buffer.getvalue())
         return json_path, csv_path
 
 

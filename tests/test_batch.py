@@ -357,6 +357,7 @@ def test_retryable_failures_are_worker_and_io_errors_not_input_errors():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batch_fuses_real_data_and_reports_the_broken_job(first_run, references):
     jobs, report, outdir, events, keys, _ = first_run
     status = {r.job: r for r in report.results}
@@ -393,6 +394,7 @@ def test_batch_fuses_real_data_and_reports_the_broken_job(first_run, references)
     assert float(rows[0]["seconds"]) > 0 and "as a raster" in rows[4]["reason"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_jobs_and_redoes_changed_or_deleted_ones(client, first_run, references):
     jobs, _, outdir, _, _, _ = first_run
     wald_jobs = jobs[1:]  # Berlin's skip is covered by the CLI test below; keep this one fast
@@ -418,6 +420,7 @@ def test_rerun_skips_finished_jobs_and_redoes_changed_or_deleted_ones(client, fi
     assert run_batch([jobs[3]], client, SETTINGS).results[0].status == "done"  # C back to the manifest's seed
 
 
+@pytest.mark.slow
 def test_batch_survives_a_worker_killed_mid_job(client, data, references, tmp_path):
     folder, pairs, _ = data
     manifest = write_manifest(tmp_path / "jobs.csv", [berlin_row(), wald_row(pairs["a"]), wald_row(pairs["b"])])
@@ -450,6 +453,7 @@ def test_batch_survives_a_worker_killed_mid_job(client, data, references, tmp_pa
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
 
 
+@pytest.mark.slow
 def test_cli_batch_exit_codes_report_and_resume(client, first_run, data, tmp_path):
     from geolift.cli import _register_commands, app
 
