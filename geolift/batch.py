@@ -1004,10 +1004,9 @@ def dashboard_link(client) -> str | None:
 
 
 class _Tries:
-    """Per-task attempt bookkeeping for one job."""
+    """The most tries any one task of a job needed (what the report calls its attempts)."""
 
-    def __init__(self, retries: int):
-        self.retries = retries
+    def __init__(self) -> None:
         self.most = 0
 
     def record(self, tries: int) -> None:
@@ -1089,13 +1088,14 @@ class _Runner:
                             self.settings.retries)
                 self.emit(JobEvent(job.name, "retry", attempt, self.settings.retries, reason))
                 self._forget([future])
+                future.release()
                 attempt += 1
                 future = self._track(resubmit())
 
     # -- one job -------------------------------------------------------------------------------
     def run(self, job: BatchJob, fingerprint: dict[str, Any], digest: str) -> JobResult:
         started = time.perf_counter()
-        tries = _Tries(self.settings.retries)
+        tries = _Tries()
         futures: list = []
         try:
             if self.stopping.is_set():

@@ -181,7 +181,8 @@ def batch(
     msi_glob: str = typer.Option("*", "--msi-glob", help="Pairing mode: which files of --msi-dir to use."),
     sensor: Optional[str] = typer.Option(None, "--sensor", "-s", help="MSI sensor for every job (a manifest "
                                          "'sensor' column overrides it)."),
-    bands: Optional[str] = typer.Option(None, "--bands", "-b", help="Sensor bands the MSI files hold, e.g. B2,B3,B4,B8."),
+    bands: Optional[str] = typer.Option(None, "--bands", "-b",
+                                        help="Sensor bands the MSI files hold, e.g. B2,B3,B4,B8."),
     srf_csv: Optional[Path] = typer.Option(None, "--srf", help="Custom SRF CSV instead of --sensor."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the preset's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same result."),
@@ -212,8 +213,9 @@ def batch(
 ) -> None:
     """Fuse many HSI/MSI pairs on Dask, resumably: skip up-to-date outputs, retry lost workers, report.
 
-    Writes OUTDIR/batch_report.json and .csv. Exit code 0 when every job is done or up to date,
-    1 when some failed, 6 when the batch cannot run (bad manifest, no scheduler), 130 on Ctrl-C.
+    Writes OUTDIR/batch_report.json and .csv and appends to OUTDIR/batch.log.
+
+    Exit code: 0 every job done or up to date, 1 some failed, 6 the batch cannot run, 130 Ctrl-C.
     """
     setup_logging(quiet)
 
