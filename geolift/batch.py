@@ -1047,6 +1047,12 @@ class _Runner:
         self.stopping = threading.Event()
         self._futures_lock = threading.Lock()
         self._live: set = set()
+        self.finished, self.total = 0, 0  # for the "[k/n]" in log lines; set by run_batch
+
+    def _count(self) -> str:
+        with self._futures_lock:
+            self.finished += 1
+            return f"[{self.finished}/{self.total}]"
 
     # -- futures bookkeeping (so an interrupt can cancel everything) --------------------------
     def _track(self, future):
@@ -1142,7 +1148,7 @@ class _Runner:
                 "format": SIDECAR_FORMAT, "job": job.name, "hash": digest, "fingerprint": fingerprint,
                 "finished_utc": _utc_now(), "seconds": round(seconds, 3), "attempts": max(tries.most, 1),
             })
-            log.info("%s: done in %.1f s -> %s", job.name, seconds, output)
+            log.info("%s %s: done in %.1f s -> %s", self._count(), job.name, seconds, output)
             self.emit(JobEvent(job.name, "done", 1, 1))
             return _result(job, "done", seconds=seconds, attempts=max(tries.most, 1))
         except Exception as exc:
@@ -1150,7 +1156,7 @@ class _Runner:
             reason = "interrupted" if self.stopping.is_set() else describe_failure(exc)
             if not isinstance(exc, (GeoliftError, _Interrupted)) and not self.stopping.is_set():
                 log.debug("%s failed", job.name, exc_info=True)
-            log.error("%s: failed after %d attempt(s): %s", job.name, max(tries.most, 1), reason)
+            log.error("%s %s: failed after %d attempt(s): %s", self._count(), job.name, max(tries.most, 1), reason)
             self.emit(JobEvent(job.name, "failed", 0, 0, reason))
             return _result(job, "failed", reason, seconds, max(tries.most, 1))
         finally:
@@ -1260,6 +1266,7 @@ def run_batch(
     scheduler = getattr(client.scheduler, "address", "") if client.scheduler is not None else ""
     topic = f"geolift-batch-{uuid.uuid4().hex}"
     runner = _Runner(client, settings, emit, topic, threads)
+    runner.finished, runner.total = len(jobs) - len(todo), len(jobs)
     interrupted = False
 
     def on_event(event) -> None:

@@ -471,7 +471,7 @@ def test_cli_batch_exit_codes_report_and_resume(client, first_run, data, tmp_pat
     rows = list(csv.DictReader(open(outdir / "batch_report.csv", newline="")))
     assert [r["status"] for r in rows] == ["skipped"] * 4 + ["failed"]
     log_text = (outdir / "batch.log").read_text()
-    assert "broken_hsi" in log_text and "failed after 1 attempt" in log_text
+    assert "[5/5] broken_hsi_fused: failed after 1 attempt" in log_text  # overall progress in the log
 
     _, pairs, _ = data
     good = write_manifest(tmp_path / "good.csv", [wald_row(pairs["c"])])
