@@ -45,10 +45,22 @@ log = logging.getLogger("geolift")
 
 Progress = Callable[[int, int, str], None]
 
-#: Named training recipes. ``"spectralift"`` is the paper's reference recipe; it is also the default.
+#: Named recipes. ``"spectralift"`` is the paper's reference recipe, kept bit for bit. ``"geolift"`` (the default)
+#: trains the same network the same way, but on a stratified sample of at most ``max_train_pixels`` LR pixels per
+#: step (so a step costs the same on any scene; smaller scenes are exactly full batch), and asks the pipeline to
+#: run the consistency step of :mod:`geolift.refine` on the prediction (``consistency``).
 PRESETS: dict[str, dict] = {
-    "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3),
+    "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
+                        max_train_pixels=None, consistency=False),
+    "geolift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
+                    max_train_pixels=4096, consistency=True),
 }
+
+#: The preset ``SpectraLift()`` uses when none is named.
+DEFAULT_PRESET = "spectralift"
+
+#: Strata for the stratified pixel sample (k-means clusters of the LR-MSI spectra).
+SAMPLING_STRATA = 16
 
 #: Fewer valid LR pixels than this cannot define a spectral mapping worth trusting.
 MIN_TRAINING_PIXELS = 16
@@ -163,6 +175,61 @@ class _MeanAbsoluteError(torch.autograd.Function):
         return sign.mul_(grad_loss / sign.numel()), None
 
 
+class _StratifiedSampler:
+    """Draws a fixed-size, stratified sample of training pixels for each step.
+
+    Strata are k-means clusters of the (scaled) LR-MSI spectra, so rare materials are represented in every step
+    in proportion to their share of the scene rather than by luck; each stratum gets its proportional quota
+    (largest remainders), drawn with replacement. The cost of a step no longer grows with the scene.
+    """
+
+    def __init__(self, inputs: np.ndarray, size: int, seed: int, strata: int = SAMPLING_STRATA):
+        self.rng = np.random.default_rng([seed, 0x5A3B])
+        labels = _kmeans_labels(inputs, strata, self.rng)
+        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels, minlength=strata)
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]
+        counts = counts[counts > 0]
+        exact = size * counts / counts.sum()
+        quota = np.floor(exact).astype(np.int64)
+        quota[np.argsort(quota - exact)[: size - int(quota.sum())]] += 1
+        self.order, self.counts, self.quota = order, counts, quota
+        self.owner = np.repeat(np.arange(len(counts)), quota)  # stratum of each slot of the sample
+
+    def draw(self) -> np.ndarray:
+        u = self.rng.random(len(self.owner))
+        within = np.minimum((u * self.counts[self.owner]).astype(np.int64), self.counts[self.owner] - 1)
+        return self.order[self.starts[self.owner] + within]
+
+
+def _kmeans_labels(points: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 10,
+                   fit_points: int = 20000) -> np.ndarray:
+    """Cluster label of every point: k-means (k-means++ start) fitted on a subsample, a cheap stratification."""
+    points = np.asarray(points, dtype=np.float64)
+    fit = points if len(points) <= fit_points else points[rng.choice(len(points), fit_points, replace=False)]
+    k = min(k, len(fit))
+    centres = [fit[rng.integers(len(fit))]]
+    closest = np.sum((fit - centres[0]) ** 2, axis=1)
+    for _ in range(1, k):
+        total = closest.sum()
+        pick = rng.choice(len(fit), p=closest / total) if total > 0 else rng.integers(len(fit))
+        centres.append(fit[pick])
+        closest = np.minimum(closest, np.sum((fit - fit[pick]) ** 2, axis=1))
+    centres = np.array(centres)
+
+    def assign(data: np.ndarray) -> np.ndarray:
+        d = (data**2).sum(1)[:, None] - 2 * data @ centres.T + (centres**2).sum(1)[None, :]
+        return np.argmin(d, axis=1)
+
+    for _ in range(iterations):
+        labels = assign(fit)
+        for j in range(k):
+            members = fit[labels == j]
+            if len(members):
+                centres[j] = members.mean(axis=0)
+    return np.concatenate([assign(points[i:i + 262144]) for i in range(0, len(points), 262144)])
+
+
 def _adam_step_sizes(lr: np.ndarray) -> list[float]:
     t = np.arange(1, len(lr) + 1, dtype=np.float64)
     return (lr * np.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t)).tolist()
@@ -221,12 +288,25 @@ class SpectraLift:
     wait on each other stall; Dask workers running one model each should use 1.
     """
 
-    def __init__(self, *, steps: int = 2500, hidden: int = 64, lr_initial: float = 1e-3, lr_max: float = 1e-2,
-                 lr_final: float = 1e-6, warmup: float = 0.3, seed: int = 0, device: str = "cpu",
-                 value_range: tuple[float, float] | None = None, preset: str = "spectralift",
-                 chunk_pixels: int = 65536, min_pixels: int = MIN_TRAINING_PIXELS, num_threads: int | None = None):
+    def __init__(self, *, steps: int | None = None, hidden: int | None = None, lr_initial: float | None = None,
+                 lr_max: float | None = None, lr_final: float | None = None, warmup: float | None = None,
+                 seed: int = 0, device: str = "cpu", value_range: tuple[float, float] | None = None,
+                 preset: str | None = None, chunk_pixels: int = 65536, min_pixels: int = MIN_TRAINING_PIXELS,
+                 num_threads: int | None = None, max_train_pixels: int | None | str = "preset",
+                 consistency: bool | None = None):
+        preset = DEFAULT_PRESET if preset is None else preset
         if preset not in PRESETS:
             raise ModelError(f"Unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}.")
+        recipe = PRESETS[preset]
+        steps = recipe["steps"] if steps is None else steps
+        hidden = recipe["hidden"] if hidden is None else hidden
+        lr_initial = recipe["lr_initial"] if lr_initial is None else lr_initial
+        lr_max = recipe["lr_max"] if lr_max is None else lr_max
+        lr_final = recipe["lr_final"] if lr_final is None else lr_final
+        warmup = recipe["warmup"] if warmup is None else warmup
+        max_train_pixels = recipe["max_train_pixels"] if max_train_pixels == "preset" else max_train_pixels
+        if max_train_pixels is not None and int(max_train_pixels) < 1:
+            raise ModelError(f"max_train_pixels must be at least 1 (or None for full batch), got {max_train_pixels}.")
         if int(steps) < 1:
             raise ModelError(f"steps must be at least 1, got {steps}.")
         if int(hidden) < 1:
@@ -250,6 +330,9 @@ class SpectraLift:
         self.chunk_pixels = int(chunk_pixels)
         self.min_pixels = max(1, int(min_pixels))
         self.num_threads = None if num_threads is None else int(num_threads)
+        self.max_train_pixels = None if max_train_pixels is None else int(max_train_pixels)
+        #: whether the recipe includes geolift.refine's consistency step (run by the pipeline, not by predict)
+        self.consistency = bool(recipe["consistency"] if consistency is None else consistency)
         _resolve_device(self.device)  # fail early on an unusable device
 
         # Set by fit().
@@ -358,11 +441,18 @@ class SpectraLift:
         step_sizes = _adam_step_sizes(self.learning_rates())
         report_every = max(1, self.steps // 100)
         losses: list[torch.Tensor] = []  # kept on the device; one transfer at the end, not one per step
+        sampler = None
+        if self.max_train_pixels is not None and inputs.shape[0] > self.max_train_pixels:
+            sampler = _StratifiedSampler(inputs, self.max_train_pixels, self.seed)
         if progress is not None:
             progress(0, self.steps, "train")
         for step, step_size in enumerate(step_sizes, start=1):
             optimizer.zero_grad()
-            loss = _MeanAbsoluteError.apply(net(x), y)
+            if sampler is None:
+                loss = _MeanAbsoluteError.apply(net(x), y)
+            else:
+                index = torch.from_numpy(sampler.draw()).to(dev)
+                loss = _MeanAbsoluteError.apply(net(x.index_select(0, index)), y.index_select(0, index))
             loss.backward()
             optimizer.step(step_size)
             losses.append(loss.detach())
