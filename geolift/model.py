@@ -57,7 +57,7 @@ PRESETS: dict[str, dict] = {
 }
 
 #: The preset ``SpectraLift()`` uses when none is named.
-DEFAULT_PRESET = "spectralift"
+DEFAULT_PRESET = "geolift"
 
 #: Strata for the stratified pixel sample (k-means clusters of the LR-MSI spectra).
 SAMPLING_STRATA = 16
@@ -286,6 +286,11 @@ class SpectraLift:
     ``num_threads`` sets torch's CPU threads while fitting and predicting (restored afterwards); None leaves
     torch's setting alone. One thread is often fastest for small fits and on busy machines, where threads that
     wait on each other stall; Dask workers running one model each should use 1.
+
+    ``preset`` picks the recipe (:data:`PRESETS`; None = :data:`DEFAULT_PRESET`, ``"geolift"``); any parameter
+    given explicitly overrides the preset's value. ``max_train_pixels`` caps the pixels per training step
+    (stratified sample; None = always full batch); ``consistency`` records whether the pipeline should run
+    :func:`geolift.refine.refine` (or its streamed form) on the prediction.
     """
 
     def __init__(self, *, steps: int | None = None, hidden: int | None = None, lr_initial: float | None = None,

@@ -142,7 +142,7 @@ def test_one_cycle_schedule_key_values():
 
 
 def test_model_defaults_are_the_faithful_preset():
-    model = SpectraLift()
+    model = SpectraLift(preset="spectralift")
     preset = PRESETS["spectralift"]
     assert (model.steps, model.hidden, model.lr_initial, model.lr_max, model.lr_final, model.warmup) == (
         preset["steps"], preset["hidden"], preset["lr_initial"], preset["lr_max"], preset["lr_final"],
@@ -445,3 +445,53 @@ def test_learns_linear_mixing_and_beats_mean_spectrum(scene):
     rmse_mean = np.sqrt(np.mean((mean_spectrum[None, :] - held_out) ** 2))
     assert rmse_model < 0.05 * rmse_mean, (rmse_model, rmse_mean)  # measured ratio ~0.015
 
+
+
+# ---------------------------------------------------------------- presets and pixel sampling (issue 6)
+def test_presets_name_their_recipes():
+    faithful = SpectraLift(preset="spectralift")
+    assert faithful.max_train_pixels is None and faithful.consistency is False
+    improved = SpectraLift(preset="geolift")
+    assert improved.max_train_pixels == 4096 and improved.consistency is True
+    assert (improved.steps, improved.hidden, improved.lr_max) == (2500, 64, 1e-2)
+    assert SpectraLift(preset="geolift", steps=10, max_train_pixels=None).steps == 10  # explicit values win
+    with pytest.raises(ModelError, match="max_train_pixels"):
+        SpectraLift(max_train_pixels=0)
+
+
+def test_geolift_preset_is_exactly_full_batch_below_its_sample_cap(scene):
+    cube, R, _ = scene
+    a = SpectraLift(**FAST, seed=4, preset="spectralift").fit(cube, R)
+    b = SpectraLift(**FAST, seed=4, preset="geolift").fit(cube, R)
+    assert a.history == b.history
+    np.testing.assert_array_equal(a.predict(msi_of(cube, R)), b.predict(msi_of(cube, R)))
+
+
+def test_sampled_training_is_deterministic_and_still_learns(scene):
+    cube, R, _ = scene
+    a = SpectraLift(steps=300, seed=4, max_train_pixels=64).fit(cube, R)
+    b = SpectraLift(steps=300, seed=4, max_train_pixels=64).fit(cube, R)
+    full = SpectraLift(steps=300, seed=4, max_train_pixels=None).fit(cube, R)
+    msi = msi_of(cube, R)
+    np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
+    assert a.history != full.history  # it really sampled
+    assert a.n_train_pixels == 256
+    err_sampled = np.mean(np.abs(a.predict(msi) - cube))
+    err_full = np.mean(np.abs(full.predict(msi) - cube))
+    assert err_sampled < 1.5 * err_full + 2e-3, (err_sampled, err_full)
+
+
+def test_stratified_sampler_draws_proportional_quotas_of_every_cluster():
+    from geolift.model import _StratifiedSampler
+
+    rng = np.random.default_rng(0)
+    # three well separated clusters of very different sizes
+    points = np.concatenate([rng.normal(0, 0.01, (9000, 3)), rng.normal(1, 0.01, (900, 3)),
+                             rng.normal(-1, 0.01, (100, 3))])
+    sampler = _StratifiedSampler(points, size=500, seed=1, strata=3)
+    assert sampler.quota.sum() == 500
+    assert sorted(sampler.quota.tolist()) == [5, 45, 450]
+    draws = np.concatenate([sampler.draw() for _ in range(20)])
+    assert draws.min() >= 0 and draws.max() < len(points)
+    share_rare = np.mean(draws >= 9900)
+    assert share_rare == pytest.approx(0.01)  # exactly its quota in every draw, not by luck
