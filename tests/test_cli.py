@@ -282,8 +282,9 @@ def test_wald_case_through_the_cli_matches_the_library(wald, tmp_path):
     with rasterio.open(out) as ds:
         assert ds.transform == wald.hr_transform and (ds.height, ds.width) == wald.gt.shape[1:]
         fused = ds.read()
+        preset = json.loads(ds.tags()["geolift_parameters"])["preset"]  # compare like with like: the same recipe
 
-    library = SpectraLift(steps=WALD_STEPS, seed=0).fit(wald.lr_hsi, wald.R).predict(wald.hr_msi)
+    library = SpectraLift(preset=preset, steps=WALD_STEPS, seed=0).fit(wald.lr_hsi, wald.R).predict(wald.hr_msi)
     bicubic = evaluate.bicubic_upsample(wald.lr_hsi, wald.gt.shape[1:])
     cli_psnr, lib_psnr = evaluate.psnr(wald.gt, fused), evaluate.psnr(wald.gt, library)
     cli_sam, lib_sam = evaluate.sam(wald.gt, fused), evaluate.sam(wald.gt, library)
