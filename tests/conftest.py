@@ -111,8 +111,9 @@ def berlin() -> BerlinPair:
 def read_potsdam_cube() -> tuple[np.ndarray, np.ndarray, np.ndarray, CRS, Affine]:
     """The Potsdam cube's good bands sorted by wavelength, with band centres/FWHM (nm), CRS and transform.
 
-    EnMAP's VNIR and SWIR detectors overlap (902-993 nm), so file order is not wavelength order; the SRF code wants
-    monotonic wavelengths, hence the sort (no metric depends on band order).
+    EnMAP's VNIR and SWIR detectors overlap (902-993 nm), so file order is not wavelength order; the Wald files are
+    written sorted, as benchmarks/potsdam_wald.py does (no metric depends on band order). The unsorted original is
+    tested as such in test_fuse.py.
     """
     with rasterio.open(POTSDAM_CUBE) as ds:
         cube = ds.read().astype(np.float32)
