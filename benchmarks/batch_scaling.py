@@ -8,9 +8,12 @@ GeoTIFFs. Every run fuses all N jobs with ``--force`` (so nothing is skipped) on
 cluster is started and each worker has imported geolift before it starts). The outputs of all runs
 are compared array for array: the worker count must not change a result.
 
-    python benchmarks/batch_scaling.py [--jobs 8] [--steps 1000] [--workers 1 2]
+    python benchmarks/batch_scaling.py [--jobs 8] [--steps 1000] [--workers 1 2] [--repeat 3]
 
-Prints throughput (jobs/min) per worker count and the speed-up over the first count.
+Prints throughput (jobs/min) per worker count and the speed-up over the first count. With
+``--repeat R`` the worker counts are run R times, interleaved (1, 2, 1, 2, ...), and the median
+wall time of each count is used, which tames the noise of a machine shared with other work; the
+load average before and after is printed for the same reason.
 """
 
 from __future__ import annotations
@@ -116,31 +119,40 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8, help="number of jobs (default 8)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps per job (default 1000)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default: 1 2)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per worker count, interleaved (default 1)")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="geolift-batch-bench-") as tmp:
         tmp = Path(tmp)
         manifest = write_jobs(tmp, args.jobs, args.steps)
-        timings, outputs = {}, {}
-        for n in args.workers:
-            seconds, jobs = run_once(manifest, tmp / f"out_{n}", n)
-            timings[n] = seconds
-            outputs[n] = [rasterio.open(j.output).read() for j in jobs]
+        timings: dict[int, list[float]] = {n: [] for n in args.workers}
+        outputs = {}
+        for _ in range(max(1, args.repeat)):
+            for n in args.workers:
+                seconds, jobs = run_once(manifest, tmp / f"out_{n}", n)
+                timings[n].append(seconds)
+                outputs[n] = [rasterio.open(j.output).read() for j in jobs]
         first = args.workers[0]
         identical = all(np.array_equal(a, b, equal_nan=True)
                         for n in args.workers[1:] for a, b in zip(outputs[first], outputs[n]))
+    load_after = os.getloadavg()
+    median = {n: float(np.median(t)) for n, t in timings.items()}
 
     import torch
 
     print(f"geolift batch scaling: {args.jobs} Wald-case jobs (64 x 64 px output, 218 bands, "
           f"{args.steps} training steps each), LocalCluster, 1 thread per worker, 1 torch thread per task")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, torch {torch.__version__}; {dt.date.today().isoformat()}")
+          f"{platform.python_version()}, torch {torch.__version__}; {dt.date.today().isoformat()}; "
+          f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print()
-    print("| workers | wall time (s) | throughput (jobs/min) | speed-up |")
-    print("| ---: | ---: | ---: | ---: |")
+    print("| workers | wall time (s), median | runs (s) | throughput (jobs/min) | speed-up |")
+    print("| ---: | ---: | :--- | ---: | ---: |")
     for n in args.workers:
-        print(f"| {n} | {timings[n]:.1f} | {60.0 * args.jobs / timings[n]:.1f} | {timings[first] / timings[n]:.2f} |")
+        runs = ", ".join(f"{t:.1f}" for t in timings[n])
+        print(f"| {n} | {median[n]:.1f} | {runs} | {60.0 * args.jobs / median[n]:.1f} | "
+              f"{median[first] / median[n]:.2f} |")
     print()
     print(f"outputs identical across worker counts: {'yes' if identical else 'NO'}")
 
