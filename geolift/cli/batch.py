@@ -186,7 +186,7 @@ def batch(
     srf_csv: Optional[Path] = typer.Option(None, "--srf", help="Custom SRF CSV instead of --sensor."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the preset's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same result."),
-    preset: str = typer.Option("spectralift", "--preset", help="Training preset."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Training preset (default: as geolift fuse)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (on the workers)."),
     no_align: bool = typer.Option(False, "--no-align", help="Do not estimate and correct the residual shift."),
     harmonize: bool = typer.Option(False, "--harmonize", help="Map each MSI to its HSI's radiometry first."),
@@ -241,9 +241,9 @@ def batch(
 
         defaults = FuseOptions(
             sensor=sensor, bands=_split_bands(bands), srf_path=str(srf_csv) if srf_csv else None,
-            drop_uncovered=drop_uncovered, preset=preset, steps=steps, seed=seed, device=device,
+            drop_uncovered=drop_uncovered, steps=steps, seed=seed, device=device,
             align=not no_align, harmonize=harmonize, dtype=dtype.value if dtype else None,
-            compress=compress.value, tile_size=tile_size,
+            compress=compress.value, tile_size=tile_size, **({"preset": preset} if preset else {}),
         )
         if manifest is not None:
             jobs = read_manifest(manifest, outdir, defaults)
