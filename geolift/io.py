@@ -171,8 +171,32 @@ _ENVI_DATA_SUFFIXES = ("", ".bsq", ".bil", ".bip", ".img", ".dat", ".raw", ".bin
 _NOT_DATA_SUFFIXES = {".hdr", ".xml", ".properties", ".ovr", ".aux", ".sta", ".txt", ".json"}
 
 
-def _resolve_input(path: PathLike) -> Path:
-    """Return the file GDAL should open for ``path`` (an ENVI ``.hdr`` maps to its data file)."""
+_URL_PREFIXES = {"s3://": "/vsis3/", "gs://": "/vsigs/", "az://": "/vsiaz/",
+                 "http://": "/vsicurl/http://", "https://": "/vsicurl/https://"}
+
+
+def _remote_path(path: PathLike) -> str | None:
+    """GDAL's name for a URL or ``/vsi...`` path (``s3://b/k`` -> ``/vsis3/b/k``), None for a local file.
+
+    Remote paths must stay strings: ``Path`` would fold the ``//`` of ``https://``.
+    """
+    text = os.fspath(path)
+    if text.startswith("/vsi"):
+        return text
+    for prefix, vsi in _URL_PREFIXES.items():
+        if text.startswith(prefix):
+            return vsi + text[len(prefix):]
+    return None
+
+
+def _resolve_input(path: PathLike) -> Path | str:
+    """Return the file GDAL should open for ``path`` (an ENVI ``.hdr`` maps to its data file).
+
+    URLs and ``/vsi...`` paths go to GDAL untouched; GDAL reports if they cannot be opened.
+    """
+    remote = _remote_path(path)
+    if remote is not None:
+        return remote
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"Input file not found: {p}.")
@@ -609,7 +633,7 @@ class Scene:
         out_shape = (len(file_bands), *shape)
         nodata = [self.nodata[b] for b in scene_bands]
         try:
-            with _open_raster(Path(fb.path)) as ds:
+            with _open_raster(fb.path) as ds:
                 if fb.on_grid:
                     raw = ds.read(file_bands, window=win, out_shape=out_shape, resampling=method)
                     invalid = np.zeros(raw.shape, dtype=bool)
@@ -763,7 +787,8 @@ def open_scene(
     if not raw_paths:
         raise InputError("No input file given.")
     _resampling(resampling)  # fail early on a bad name
-    paths = [Path(os.path.abspath(_resolve_input(p))) for p in raw_paths]
+    resolved = [_resolve_input(p) for p in raw_paths]
+    paths = [p if isinstance(p, str) else Path(os.path.abspath(p)) for p in resolved]
     infos = [_inspect(p, nodata) for p in paths]
 
     target = min(infos, key=lambda i: abs(i.transform.a * i.transform.e))  # min() keeps the first among equals

@@ -614,3 +614,24 @@ def _can_create(folder: Path) -> bool:
         return False
     (folder / ".geolift-test").unlink()
     return True
+
+
+def test_gdal_virtual_paths_and_urls_go_to_gdal_untouched(tmp_path):
+    """Archives ship zipped or remote: /vsi paths must reach GDAL as written, URLs mapped to /vsi."""
+    import zipfile
+
+    from geolift.io import _remote_path
+
+    archive = tmp_path / "scene.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(HYMAP_TIF, "hymap.tif")
+    scene = open_scene(f"/vsizip/{archive}/hymap.tif")
+    direct = open_scene(HYMAP_TIF)
+    assert scene.paths == (f"/vsizip/{archive}/hymap.tif",)
+    window = ((10, 20), (30, 45))
+    np.testing.assert_array_equal(scene.read(window=window), direct.read(window=window))
+    assert _remote_path("s3://bucket/key/x.tif") == "/vsis3/bucket/key/x.tif"
+    assert _remote_path("https://host/a/b.tif") == "/vsicurl/https://host/a/b.tif"
+    assert _remote_path(tmp_path / "local.tif") is None
+    with pytest.raises(InputError, match="/vsizip/"):
+        open_scene(f"/vsizip/{archive}/missing.tif")
