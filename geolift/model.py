@@ -48,12 +48,17 @@ Progress = Callable[[int, int, str], None]
 #: Named recipes. ``"spectralift"`` is the paper's reference recipe, kept bit for bit. ``"geolift"`` (the default)
 #: trains the same network the same way, but on a stratified sample of at most ``max_train_pixels`` LR pixels per
 #: step (so a step costs the same on any scene; smaller scenes are exactly full batch), and asks the pipeline to
-#: run the consistency step of :mod:`geolift.refine` on the prediction (``consistency``).
+#: run the consistency step of :mod:`geolift.refine` on the prediction (``consistency``). It also trains with
+#: ``brightness_jitter``: each step every training pair (LR-MSI, LR-HSI) is scaled by its own factor drawn from
+#: ``[1 - j, 1 + j]`` - a darker or brighter copy of the same material (shade, slope) is a valid pair because ``R``
+#: is linear - which teaches the network to keep a spectrum's shape for HR pixels darker or brighter than any
+#: (blur-mixed) LR pixel, e.g. pure water; and it returns the mean of the weights over the last
+#: ``snapshot_fraction`` of the steps (snapshot averaging at the schedule's low-rate tail, nearly free).
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
-                        max_train_pixels=None, consistency=False),
+                        max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0),
     "geolift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
-                    max_train_pixels=4096, consistency=True),
+                    max_train_pixels=4096, consistency=True, brightness_jitter=0.5, snapshot_fraction=0.2),
 }
 
 #: The preset ``SpectraLift()`` uses when none is named.
@@ -230,6 +235,63 @@ def _kmeans_labels(points: np.ndarray, k: int, rng: np.random.Generator, iterati
     return np.concatenate([assign(points[i:i + 262144]) for i in range(0, len(points), 262144)])
 
 
+#: Sampled training (``max_train_pixels``) on a scene with more valid pixels than this draws its samples from a
+#: stratified pool of this many pixels (52 MB for 200 bands) instead of from every pixel (0.8 GB at 1000 x 1000).
+TRAINING_POOL_PIXELS = 65536
+
+_COLUMN_CHUNK = 65536
+
+
+def _finite_columns(pixels: np.ndarray) -> np.ndarray:
+    """(n,) bool: columns of a (C, n) array with every band finite, computed in chunks (no (C, n) temporary)."""
+    out = np.empty(pixels.shape[1], dtype=bool)
+    for a in range(0, pixels.shape[1], _COLUMN_CHUNK):
+        out[a:a + _COLUMN_CHUNK] = np.isfinite(pixels[:, a:a + _COLUMN_CHUNK]).all(axis=0)
+    return out
+
+
+def _column_range(pixels: np.ndarray, columns: np.ndarray) -> tuple[float, float]:
+    """(min, max) over the given columns of a (C, n) array, in chunks."""
+    lo, hi = math.inf, -math.inf
+    for a in range(0, columns.size, _COLUMN_CHUNK):
+        chunk = columns[a:a + _COLUMN_CHUNK]
+        contiguous = chunk[-1] - chunk[0] == chunk.size - 1
+        block = pixels[:, chunk[0]:chunk[-1] + 1] if contiguous else pixels[:, chunk]
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    return lo, hi
+
+
+def _stratified_pool(pixels: np.ndarray, valid_index: np.ndarray, R: np.ndarray, lo: float, hi: float,
+                     size: int, seed: int) -> np.ndarray:
+    """``size`` of the valid columns, drawn without replacement in proportion to k-means strata of the LR-MSI.
+
+    The strata are those :class:`_StratifiedSampler` uses (k-means of the scaled LR-MSI spectra, fitted on a
+    subsample, every pixel assigned), so rare materials keep their share. Returned sorted (cache-friendly copy).
+    """
+    rng = np.random.default_rng([seed, 0x9001])
+    msi = np.empty((valid_index.size, R.shape[0]), dtype=np.float32)  # only to form strata: float32 is plenty
+    response = R.astype(pixels.dtype if pixels.dtype.kind == "f" else np.float64)
+    offset = (lo * R.sum(axis=1))[:, None]
+    for a in range(0, valid_index.size, _COLUMN_CHUNK):
+        columns = valid_index[a:a + _COLUMN_CHUNK]
+        contiguous = columns[-1] - columns[0] == columns.size - 1
+        block = pixels[:, columns[0]:columns[-1] + 1] if contiguous else pixels[:, columns]
+        msi[a:a + _COLUMN_CHUNK] = ((response @ block - offset) / (hi - lo)).T
+    labels = _kmeans_labels(msi, SAMPLING_STRATA, rng)
+    counts = np.bincount(labels, minlength=SAMPLING_STRATA)
+    exact = size * counts / counts.sum()
+    quota = np.minimum(np.floor(exact).astype(np.int64), counts)
+    spare = size - int(quota.sum())
+    for j in np.argsort(quota - exact, kind="stable"):  # largest remainders first, never beyond a stratum's size
+        if spare <= 0:
+            break
+        if quota[j] < counts[j]:
+            quota[j] += 1
+            spare -= 1
+    chosen = [rng.choice(np.flatnonzero(labels == j), quota[j], replace=False) for j in range(len(counts)) if quota[j]]
+    return np.sort(valid_index[np.concatenate(chosen)])
+
+
 def _adam_step_sizes(lr: np.ndarray) -> list[float]:
     t = np.arange(1, len(lr) + 1, dtype=np.float64)
     return (lr * np.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t)).tolist()
@@ -298,7 +360,8 @@ class SpectraLift:
                  seed: int = 0, device: str = "cpu", value_range: tuple[float, float] | None = None,
                  preset: str | None = None, chunk_pixels: int = 65536, min_pixels: int = MIN_TRAINING_PIXELS,
                  num_threads: int | None = None, max_train_pixels: int | None | str = "preset",
-                 consistency: bool | None = None):
+                 consistency: bool | None = None, brightness_jitter: float | None = None,
+                 snapshot_fraction: float | None = None):
         preset = DEFAULT_PRESET if preset is None else preset
         if preset not in PRESETS:
             raise ModelError(f"Unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}.")
@@ -309,6 +372,12 @@ class SpectraLift:
         lr_max = recipe["lr_max"] if lr_max is None else lr_max
         lr_final = recipe["lr_final"] if lr_final is None else lr_final
         warmup = recipe["warmup"] if warmup is None else warmup
+        brightness_jitter = recipe["brightness_jitter"] if brightness_jitter is None else float(brightness_jitter)
+        snapshot_fraction = recipe["snapshot_fraction"] if snapshot_fraction is None else float(snapshot_fraction)
+        if not 0.0 <= brightness_jitter < 1.0:
+            raise ModelError(f"brightness_jitter must be in [0, 1), got {brightness_jitter}.")
+        if not 0.0 <= snapshot_fraction <= 1.0:
+            raise ModelError(f"snapshot_fraction must be in [0, 1], got {snapshot_fraction}.")
         max_train_pixels = recipe["max_train_pixels"] if max_train_pixels == "preset" else max_train_pixels
         if max_train_pixels is not None and int(max_train_pixels) < 1:
             raise ModelError(f"max_train_pixels must be at least 1 (or None for full batch), got {max_train_pixels}.")
@@ -338,6 +407,8 @@ class SpectraLift:
         self.max_train_pixels = None if max_train_pixels is None else int(max_train_pixels)
         #: whether the recipe includes geolift.refine's consistency step (run by the pipeline, not by predict)
         self.consistency = bool(recipe["consistency"] if consistency is None else consistency)
+        self.brightness_jitter = float(brightness_jitter)
+        self.snapshot_fraction = float(snapshot_fraction)
         _resolve_device(self.device)  # fail early on an unusable device
 
         # Set by fit().
@@ -404,23 +475,31 @@ class SpectraLift:
             raise ModelError("The response matrix R contains NaN or infinite values.")
         dev = _resolve_device(self.device)
 
-        pixels = lr_hsi.reshape(n_bands, -1).T.astype(np.float64)  # (n, C)
-        valid = np.all(np.isfinite(pixels), axis=1)
-        n_valid = int(valid.sum())
+        # No float64 copy of the whole scene: the pixels stay in the caller's array ((C, n) view), validity and the
+        # value range are found in column chunks, and only the pixels that will be trained on are copied.
+        pixels = lr_hsi.reshape(n_bands, -1)  # (C, n)
+        valid = _finite_columns(pixels)
+        valid_index = np.flatnonzero(valid)
+        n_valid = int(valid_index.size)
         if n_valid == 0:
             raise ModelError("The LR-HSI has no valid pixels (every pixel has a NaN or infinite band).")
         if n_valid < self.min_pixels:
             raise ModelError(f"The LR-HSI has only {n_valid} valid pixels; at least {self.min_pixels} are needed "
                              "to learn a spectral mapping.")
-        hsi = pixels[valid]
         if self.value_range is not None:
             lo, hi = self.value_range
         else:
-            lo, hi = float(hsi.min()), float(hsi.max())
+            lo, hi = _column_range(pixels, valid_index)
             if not hi > lo:
                 raise ModelError(f"The LR-HSI has the same value ({lo}) everywhere; there is no spectrum to learn.")
+        if self.max_train_pixels is not None and n_valid > max(self.max_train_pixels, TRAINING_POOL_PIXELS):
+            # Sampled training sees at most steps x max_train_pixels draws; a stratified pool of the scene's pixels
+            # (strata from all of them) serves those draws as well as the whole scene would, at a fixed cost.
+            valid_index = _stratified_pool(pixels, valid_index, R, lo, hi, TRAINING_POOL_PIXELS, self.seed)
+        hsi = pixels[:, valid_index].T.astype(np.float64)  # (n_train, C)
         target = (hsi - lo) / (hi - lo)  # the reference trains on data scaled to [0, 1]
         inputs = target @ R.T  # the synthetic LR-MSI, formed in scaled units
+        del hsi
 
         with _torch_threads(self.num_threads):
             self._state, self.history = self._train(inputs, target, dev, progress)
@@ -449,21 +528,39 @@ class SpectraLift:
         sampler = None
         if self.max_train_pixels is not None and inputs.shape[0] > self.max_train_pixels:
             sampler = _StratifiedSampler(inputs, self.max_train_pixels, self.seed)
+        jitter = None
+        if self.brightness_jitter > 0:
+            jitter = torch.Generator().manual_seed(self.seed + 0x7A11)  # its own stream: init stays as without
+        n_snapshots = int(round(self.snapshot_fraction * self.steps))
+        snapshot_sum = torch.zeros_like(optimizer.flat) if n_snapshots > 0 else None
         if progress is not None:
             progress(0, self.steps, "train")
         for step, step_size in enumerate(step_sizes, start=1):
             optimizer.zero_grad()
-            if sampler is None:
+            if sampler is None and jitter is None:
                 loss = _MeanAbsoluteError.apply(net(x), y)
             else:
-                index = torch.from_numpy(sampler.draw()).to(dev)
-                loss = _MeanAbsoluteError.apply(net(x.index_select(0, index)), y.index_select(0, index))
+                xb, yb = x, y
+                if sampler is not None:
+                    index = torch.from_numpy(sampler.draw()).to(dev)
+                    xb, yb = x.index_select(0, index), y.index_select(0, index)
+                if jitter is not None:
+                    scale = torch.empty(xb.shape[0], 1).uniform_(1.0 - self.brightness_jitter,
+                                                                 1.0 + self.brightness_jitter, generator=jitter)
+                    scale = scale.to(dev)
+                    xb, yb = xb * scale, yb * scale
+                loss = _MeanAbsoluteError.apply(net(xb), yb)
             loss.backward()
             optimizer.step(step_size)
+            if snapshot_sum is not None and step > self.steps - n_snapshots:
+                snapshot_sum.add_(optimizer.flat)
             losses.append(loss.detach())
             if progress is not None and (step % report_every == 0 or step == self.steps):
                 progress(step, self.steps, "train")
 
+        if snapshot_sum is not None:
+            with torch.no_grad():
+                optimizer.flat.copy_(snapshot_sum / n_snapshots)  # the parameters are views of this buffer
         history = torch.stack(losses).cpu().tolist()
         state = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
         return state, history

@@ -462,7 +462,8 @@ def test_presets_name_their_recipes():
 def test_geolift_preset_is_exactly_full_batch_below_its_sample_cap(scene):
     cube, R, _ = scene
     a = SpectraLift(**FAST, seed=4, preset="spectralift").fit(cube, R)
-    b = SpectraLift(**FAST, seed=4, preset="geolift").fit(cube, R)
+    # the geolift recipe's sampling path only: its brightness jitter and snapshot averaging are tested below
+    b = SpectraLift(**FAST, seed=4, preset="geolift", brightness_jitter=0.0, snapshot_fraction=0.0).fit(cube, R)
     assert a.history == b.history
     np.testing.assert_array_equal(a.predict(msi_of(cube, R)), b.predict(msi_of(cube, R)))
 
@@ -495,3 +496,68 @@ def test_stratified_sampler_draws_proportional_quotas_of_every_cluster():
     assert draws.min() >= 0 and draws.max() < len(points)
     share_rare = np.mean(draws >= 9900)
     assert share_rare == pytest.approx(0.01)  # exactly its quota in every draw, not by luck
+
+
+# ---------------------------------------------------------------- geolift recipe: brightness jitter, snapshots
+def test_snapshot_averaging_returns_the_mean_of_the_last_steps_weights(scene):
+    """snapshot_fraction=1 over 3 steps must give exactly the mean of the three steps' weights."""
+    cube, R, _ = scene
+    common = dict(steps=3, seed=5, max_train_pixels=None, brightness_jitter=0.0)
+    plain = SpectraLift(**common, snapshot_fraction=0.0)
+    averaged = SpectraLift(**common, snapshot_fraction=1.0).fit(cube, R)
+    weights = []  # the plain 3-step run, recording the weights after each step
+    original_step = _FlatKerasAdam.step
+
+    def recording_step(self, step_size):
+        original_step(self, step_size)
+        weights.append(self.flat.clone())
+
+    _FlatKerasAdam.step = recording_step
+    try:
+        plain.fit(cube, R)
+    finally:
+        _FlatKerasAdam.step = original_step
+    expected = torch.stack(weights).mean(0)
+    got = torch.cat([torch.from_numpy(v).reshape(-1) for v in averaged._state.values()])
+    assert len(weights) == 3
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    last = torch.cat([torch.from_numpy(v).reshape(-1) for v in plain._state.values()])
+    assert not torch.allclose(got, last)  # it really averaged, not just the final weights
+
+
+def test_brightness_jitter_is_deterministic_changes_training_and_keeps_quality(scene):
+    cube, R, _ = scene
+    msi = msi_of(cube, R)
+    a = SpectraLift(steps=300, seed=4, brightness_jitter=0.5, snapshot_fraction=0.0).fit(cube, R)
+    b = SpectraLift(steps=300, seed=4, brightness_jitter=0.5, snapshot_fraction=0.0).fit(cube, R)
+    plain = SpectraLift(steps=300, seed=4, brightness_jitter=0.0, snapshot_fraction=0.0).fit(cube, R)
+    np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
+    assert a.history != plain.history
+    err_jitter = np.mean(np.abs(a.predict(msi) - cube))
+    err_plain = np.mean(np.abs(plain.predict(msi) - cube))
+    assert err_jitter < 1.5 * err_plain + 2e-3, (err_jitter, err_plain)
+
+
+def test_brightness_jitter_keeps_the_shape_of_darker_pixels_than_any_training_pixel(scene):
+    """Pixels at 40 % of the brightest training pixel's brightness: the jittered fit's spectra keep their shape."""
+    cube, R, _ = scene
+    dark = 0.4 * cube  # darker than (most of) the training data, same materials
+    msi = msi_of(dark, R)
+
+    def mean_angle(model):
+        pred = model.predict(msi).reshape(cube.shape[0], -1)
+        truth = dark.reshape(cube.shape[0], -1)
+        cos = np.sum(pred * truth, 0) / (np.linalg.norm(pred, axis=0) * np.linalg.norm(truth, axis=0) + 1e-12)
+        return float(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean())
+
+    jittered = SpectraLift(steps=400, seed=4, brightness_jitter=0.7, snapshot_fraction=0.0).fit(cube, R)
+    plain = SpectraLift(steps=400, seed=4, brightness_jitter=0.0, snapshot_fraction=0.0).fit(cube, R)
+    assert mean_angle(jittered) < mean_angle(plain), (mean_angle(jittered), mean_angle(plain))
+
+
+def test_geolift_recipe_values_are_checked():
+    with pytest.raises(ModelError, match="brightness_jitter"):
+        SpectraLift(brightness_jitter=1.0)
+    with pytest.raises(ModelError, match="snapshot_fraction"):
+        SpectraLift(snapshot_fraction=-0.1)
+    assert PRESETS["spectralift"]["brightness_jitter"] == 0.0 and PRESETS["spectralift"]["snapshot_fraction"] == 0.0
