@@ -891,7 +891,7 @@ def check_output_path(path: PathLike, *, overwrite: bool = False, inputs: Sequen
     if out.is_dir():
         raise OutputError(f"Output {out} is a folder; give a file name such as {out / 'fused.tif'}.")
     if out.exists() and not overwrite:
-        raise OutputError(f"Output {out} already exists; pass overwrite to replace it.")
+        raise OutputError(f"Output {out} already exists; use --overwrite (overwrite=True) to replace it.")
     folder = out.parent
     if not folder.exists():
         raise OutputError(f"Output folder {folder} does not exist.")

@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from typer.testing import CliRunner
 
 import geolift
-from geolift import evaluate
+from geolift import evaluate, refine
 from geolift.cli import _register_commands, app
 from geolift.model import SpectraLift
 
@@ -284,7 +284,12 @@ def test_wald_case_through_the_cli_matches_the_library(wald, tmp_path):
         fused = ds.read()
         preset = json.loads(ds.tags()["geolift_parameters"])["preset"]  # compare like with like: the same recipe
 
-    library = SpectraLift(preset=preset, steps=WALD_STEPS, seed=0).fit(wald.lr_hsi, wald.R).predict(wald.hr_msi)
+    model = SpectraLift(preset=preset, steps=WALD_STEPS, seed=0).fit(wald.lr_hsi, wald.R)
+    library = model.predict(wald.hr_msi)
+    if model.consistency:  # the recipe's consistency step, as the pipeline runs it (blur estimated from the data)
+        grid = refine.GridPair(wald.hr_transform, wald.gt.shape[1:], wald.lr_transform, wald.lr_hsi.shape[1:])
+        library, _, _ = refine.refine(library, wald.lr_hsi, wald.hr_msi, wald.R, grid=grid,
+                                      value_range=model.data_range)
     bicubic = evaluate.bicubic_upsample(wald.lr_hsi, wald.gt.shape[1:])
     cli_psnr, lib_psnr = evaluate.psnr(wald.gt, fused), evaluate.psnr(wald.gt, library)
     cli_sam, lib_sam = evaluate.sam(wald.gt, fused), evaluate.sam(wald.gt, library)

@@ -30,6 +30,16 @@ class Compression(str, Enum):
     none = "none"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
 def _split_bands(text: Optional[str]) -> Optional[tuple[str, ...]]:
     if not text:
         return None
@@ -60,7 +70,12 @@ def fuse(
     drop_uncovered: bool = typer.Option(
         False, "--drop-uncovered", help="Leave out MSI bands the HSI's spectral range does not cover (else an error)."
     ),
-    preset: str = typer.Option("spectralift", "--preset", help="Training preset (spectralift = the paper's settings)."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset",
+        help="Recipe. geolift (default): SpectraLift trained on a stratified pixel sample, then made consistent "
+             "with the LR-HSI using a blur estimated from the data. spectralift: the paper's settings, faithful "
+             "(full-batch training, the network's output as is).",
+    ),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the preset's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same result."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
@@ -73,7 +88,11 @@ def fuse(
     ),
     compress: Compression = typer.Option(Compression.deflate, "--compress", help="GeoTIFF compression."),
     tile_size: int = typer.Option(512, "--tile-size", help="Internal GeoTIFF tile size (multiple of 16)."),
-    threads: int = typer.Option(2, "--threads", min=1, help="Threads for GeoTIFF compression."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1,
+        help="Threads for torch (training, inference) and GeoTIFF compression. Default: compression on every "
+             "usable core, torch on 1 thread (on a shared or busy machine more torch threads were far slower).",
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write what was done as JSON to this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print warnings and errors."),
     progress: ProgressMode = typer.Option(
@@ -91,9 +110,11 @@ def fuse(
 
         options = FuseOptions(
             sensor=sensor, bands=_split_bands(bands), srf_path=str(srf_csv) if srf_csv else None,
-            drop_uncovered=drop_uncovered, preset=preset, steps=steps, seed=seed, device=device,
+            drop_uncovered=drop_uncovered, steps=steps, seed=seed, device=device,
             align=not no_align, harmonize=harmonize, dtype=dtype.value if dtype else None,
-            compress=compress.value, tile_size=tile_size, num_threads=threads, overwrite=overwrite,
+            compress=compress.value, tile_size=tile_size, overwrite=overwrite,
+            num_threads=threads or usable_cores(), torch_threads=threads or 1,
+            **({"preset": preset} if preset else {}),  # none given: the model's default preset (geolift)
         )
         msi_source = msi[0] if len(msi) == 1 else list(msi)
         mode = "none" if quiet and progress is ProgressMode.bar else progress.value

@@ -1,0 +1,210 @@
+"""The consistency step (geolift.refine) inside the file pipeline: the default ``geolift`` preset.
+
+On the Potsdam Wald case written as GeoTIFFs (conftest's ``wald``): the default CLI run beats ``--preset spectralift``
+and records the blur it estimated; the tile-streamed two passes equal :func:`geolift.refine.refine` run in memory on
+the same fitted model; the worker-thread pipeline hands errors to the caller; ``--threads`` sets torch's threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+from typer.testing import CliRunner
+
+from geolift import evaluate
+from geolift import refine as rf
+from geolift.cli import _register_commands, app
+from geolift.fuse import FuseOptions, pipelined, prepare_fusion, write_fusion
+from geolift.model import DEFAULT_PRESET
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+WALD_STEPS = 300
+
+
+def cli(args):
+    _register_commands()
+    logger = logging.getLogger("geolift")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved  # setup_logging must not leak into other tests
+
+
+@pytest.fixture(scope="module")
+def cli_runs(wald, tmp_path_factory):
+    """The Wald case through ``geolift fuse`` with the default preset and with ``--preset spectralift``."""
+    folder = tmp_path_factory.mktemp("presets")
+    runs = {}
+    for name, extra in (("default", []), ("spectralift", ["--preset", "spectralift"])):
+        out = folder / f"{name}.tif"
+        report = folder / f"{name}.json"
+        result = cli(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "--steps", WALD_STEPS, "--seed", 0,
+                      "--dtype", "float32", "-o", out, "--report", report, "--progress", "none", "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out) as ds:
+            runs[name] = (ds.read(), ds.tags(), json.loads(report.read_text()))
+    return runs
+
+
+def test_default_preset_is_the_models_default_and_refines():
+    assert FuseOptions().preset == DEFAULT_PRESET == "geolift"
+
+
+def test_default_cli_run_beats_the_faithful_preset(wald, cli_runs):
+    default, tags, report = cli_runs["default"]
+    faithful, faithful_tags, faithful_report = cli_runs["spectralift"]
+    assert json.loads(tags["geolift_parameters"])["preset"] == "geolift"
+    assert json.loads(faithful_tags["geolift_parameters"])["preset"] == "spectralift"
+    gain = evaluate.psnr(wald.gt, default) - evaluate.psnr(wald.gt, faithful)
+    assert gain > 0.5, f"default preset only {gain:+.2f} dB over spectralift"
+    assert evaluate.sam(wald.gt, default) < evaluate.sam(wald.gt, faithful)
+    # the correction lives in R's null space: the result still agrees with the HR-MSI as well as a network output
+    assert report["srf_consistency_relative"] < 0.05 and faithful_report["srf_consistency_relative"] < 0.05
+
+
+def test_refinement_and_estimated_blur_are_recorded(cli_runs):
+    _, tags, report = cli_runs["default"]
+    assert report["refined"] is True and report["refine_note"] == ""
+    # the Wald case's Gaussian PSF (sigma 0.85 x ratio 4 = 3.4 HR px) with the protocol's zero border
+    assert report["psf"]["family"] == "gaussian" and report["psf"]["boundary"] == "zero"
+    assert report["psf"]["width_px"] == pytest.approx(3.4, rel=0.15)
+    assert report["refine_residual_after"] < report["refine_residual_before"]
+    stored = json.loads(tags["geolift_consistency"])
+    assert stored["refined"] is True and stored["psf"]["fwhm_px"] == pytest.approx(report["psf"]["fwhm_px"])
+    assert json.loads(tags["geolift_report"])["refined"] is True
+    _, faithful_tags, faithful_report = cli_runs["spectralift"]
+    assert faithful_report["refined"] is False and "spectralift" in faithful_report["refine_note"]
+    assert json.loads(faithful_tags["geolift_consistency"])["refined"] is False
+
+
+@pytest.mark.parametrize("tile", [32, 48])
+def test_streamed_two_passes_equal_refine_in_memory(wald, tmp_path, tile):
+    # 48 px tiles do not divide 64 x 128: partial edge tiles are exercised too.
+    options = FuseOptions(sensor="sentinel2", steps=WALD_STEPS, seed=0, dtype="float32", tile_size=tile)
+    plan = prepare_fusion(wald.hsi, wald.msi, options)
+    assert plan.report.refined and plan.correction is not None
+    assert not plan.report.shift_applied  # the Wald pair is co-registered: the grids are the written ones
+    out = tmp_path / "streamed.tif"
+    write_fusion(plan, out)
+    with rasterio.open(out) as ds:
+        streamed = ds.read()
+
+    x0 = plan.model.predict(wald.hr_msi.astype(np.float32))
+    grid = rf.GridPair(wald.hr_transform, wald.gt.shape[1:], wald.lr_transform, wald.lr_hsi.shape[1:])
+    expected, psf, _ = rf.refine(x0, wald.lr_hsi.astype(np.float32), wald.hr_msi.astype(np.float32), plan.response,
+                                 grid=grid, value_range=plan.model.data_range)
+    assert psf.width == pytest.approx(plan.report.psf["width_px"], rel=1e-6)
+    assert np.isfinite(streamed).all()
+    assert np.abs(expected - x0).max() > 1e-3  # the correction is not nothing
+    np.testing.assert_allclose(streamed, expected, rtol=0, atol=1e-5)
+
+
+def test_hsi_in_another_crs_skips_the_step_with_a_warning(wald, tmp_path, write_raster, caplog):
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    lr = wald.lr_hsi.astype(np.float32)
+    rows, cols = lr.shape[1:]
+    t = wald.lr_transform
+    transform, width, height = calculate_default_transform(
+        wald.crs, "EPSG:4326", cols, rows, t.c, t.f + t.e * rows, t.c + t.a * cols, t.f)
+    warped = np.full((lr.shape[0], height, width), np.nan, np.float32)
+    reproject(lr, warped, src_transform=t, src_crs=wald.crs, dst_transform=transform, dst_crs="EPSG:4326",
+              resampling=Resampling.bilinear, src_nodata=np.nan, dst_nodata=np.nan)
+    hsi = write_raster(tmp_path / "hsi_4326.tif", warped, crs="EPSG:4326", transform=transform,
+                       wavelengths=wald.wavelengths, fwhm=wald.fwhm, nodata=float("nan"))
+    with caplog.at_level(logging.WARNING, logger="geolift"):
+        plan = prepare_fusion(hsi, wald.msi, FuseOptions(sensor="sentinel2", steps=50, seed=0))
+    assert plan.model.consistency and plan.correction is None
+    assert not plan.report.refined and "different CRSs" in plan.report.refine_note
+    assert any("Consistency step skipped" in r.getMessage() for r in caplog.records)
+    out = tmp_path / "fused.tif"
+    write_fusion(plan, out)
+    with rasterio.open(out) as ds:
+        assert json.loads(ds.tags()["geolift_consistency"])["refined"] is False
+
+
+def test_pipelined_keeps_order_and_raises_worker_errors_in_the_caller():
+    seen_threads = set()
+
+    def square(i):
+        seen_threads.add(threading.current_thread().name)
+        return i * i
+
+    assert [v for _, v in pipelined(square, range(20))] == [i * i for i in range(20)]
+    assert seen_threads == {"geolift-predict"}
+
+    def fail_at_3(i):
+        if i == 3:
+            raise ValueError("boom at 3")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="boom at 3"):
+        for item, _ in pipelined(fail_at_3, range(10)):
+            got.append(item)
+    assert got == [0, 1, 2]
+    assert not any(t.name == "geolift-predict" for t in threading.enumerate())
+
+
+def test_failure_while_predicting_leaves_no_output(wald, tmp_path, leftovers):
+    options = FuseOptions(sensor="sentinel2", steps=50, seed=0, tile_size=32)
+    plan = prepare_fusion(wald.hsi, wald.msi, options)
+    calls = {"n": 0}
+    real = plan.model.predict
+
+    def predict_then_fail(msi):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("out of memory in block 3")
+        return real(msi)
+
+    plan.model.predict = predict_then_fail
+    out = tmp_path / "fused.tif"
+    with pytest.raises(MemoryError):
+        write_fusion(plan, out)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_threads_option_sets_torch_threads_during_the_run(wald, tmp_path, monkeypatch):
+    import torch
+
+    from geolift import model as model_module
+
+    seen = []
+    real_fit = model_module.SpectraLift.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_module.SpectraLift, "fit", spy)
+    before = torch.get_num_threads()
+    out = tmp_path / "t.tif"
+    result = cli(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "--steps", 20, "--threads", 2,
+                  "--preset", "spectralift", "-o", out, "--progress", "none", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen == [2] and torch.get_num_threads() == before
+    with rasterio.open(out) as ds:
+        assert json.loads(ds.tags()["geolift_parameters"])["num_threads"] == 2
+
+
+def test_help_names_the_default_and_the_faithful_preset():
+    result = cli(["fuse", "--help"])
+    text = " ".join(result.output.split())
+    assert "geolift (default)" in text and "spectralift" in text and "faithful" in text
+
+
+def test_existing_output_error_names_the_overwrite_option(wald, tmp_path):
+    out = tmp_path / "exists.tif"
+    out.write_bytes(b"x")
+    result = cli(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "-o", out, "--progress", "none"])
+    assert result.exit_code == 5
+    assert "--overwrite" in result.output
