@@ -6,7 +6,7 @@
    1000 x 1000 x 200 LR-HSI whose spectra are real Potsdam spectra (each LR pixel one of the cube's 8192 spectra
    times a brightness factor, so the scene has real spectral diversity; made in a second).
 
-    python benchmarks/train_time.py [--threads 2] [--seeds 3] [--skip-quality]
+    python benchmarks/train_time.py [--threads 1 2] [--caps 0 1024 4096] [--seeds 3] [--skip-quality] [--skip-time]
 """
 
 from __future__ import annotations
@@ -57,36 +57,79 @@ def sampling_quality(cube, wavelengths, fwhm, seeds) -> None:
     print(f"  mean difference {np.mean(diffs):+.2f} dB (target: within 0.1 dB)")
 
 
-def full_scene_time(cube, wavelengths, fwhm, threads: int) -> None:
-    spectra = cube[:200].reshape(200, -1).T  # (8192, 200) real spectra, first 200 good bands
+def synthetic_scene(cube, size: int = 1000, bands: int = 200) -> np.ndarray:
+    """(bands, size, size) float32 LR-HSI of real Potsdam spectra times a brightness factor, built in chunks."""
+    spectra = np.ascontiguousarray(cube[:bands].reshape(bands, -1).T)  # (8192, bands) real spectra
     rng = np.random.default_rng(0)
+    n = size * size
+    index = rng.integers(0, spectra.shape[0], size=n)
+    brightness = rng.uniform(0.8, 1.2, size=n).astype(np.float32)
+    lr = np.empty((bands, n), np.float32)
+    for a in range(0, n, 65536):
+        lr[:, a:a + 65536] = (spectra[index[a:a + 65536]] * brightness[a:a + 65536, None]).T
+    return lr.reshape(bands, size, size)
+
+
+def one_fit(cap: int | None, threads: int) -> dict:
+    """Fit once on the synthetic full scene (in this process) and return time and memory figures."""
+    import resource
+
+    cube, wavelengths, fwhm = read_cube(CUBE)
     t0 = time.perf_counter()
-    index = rng.integers(0, spectra.shape[0], size=1000 * 1000)
-    brightness = rng.uniform(0.8, 1.2, size=1000 * 1000).astype(np.float32)
-    lr = (spectra[index] * brightness[:, None]).T.reshape(200, 1000, 1000)
-    lr = np.ascontiguousarray(lr, dtype=np.float32)
+    lr = synthetic_scene(cube)
     made = time.perf_counter() - t0
-    R = srf.response_matrix("sentinel2a", BANDS["10b"][:4], wavelengths[:200], fwhm[:200])
-    model = SpectraLift(seed=0, num_threads=threads)
+    del cube
+    R = srf.response_matrix("sentinel2a", BANDS["4b"], wavelengths[:200], fwhm[:200])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kwargs = {} if cap is None else {"max_train_pixels": cap}
+    model = SpectraLift(seed=0, num_threads=threads, **kwargs)
     t0 = time.perf_counter()
     model.fit(lr, R)
     seconds = time.perf_counter() - t0
-    print(f"full-scene fit: LR-HSI {lr.shape} float32 (made in {made:.1f} s), {model.n_train_pixels} valid px, "
-          f"geolift preset ({model.steps} steps x {model.max_train_pixels} sampled px), {threads} torch threads: "
-          f"{seconds:.1f} s (target <= 60 s)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "made": made, "peak_mb": peak, "before_mb": before, "steps": model.steps,
+            "cap": model.max_train_pixels, "pixels": model.n_train_pixels, "shape": list(lr.shape)}
+
+
+def full_scene_time(caps: list[int | None], threads: list[int]) -> None:
+    """Each configuration in its own child process, so its peak RSS is its own."""
+    import json
+    import subprocess
+
+    print("full-scene fit: LR-HSI 200 x 1000 x 1000 float32 (0.8 GB), 1 000 000 valid px, geolift preset, "
+          "Sentinel-2 B2,B3,B4,B8; each run in a fresh process:")
+    for cap in caps:
+        for n in threads:
+            cmd = [sys.executable, __file__, "--one-fit", str(cap or 0), str(n)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            r = json.loads(out)
+            print(f"  cap {r['cap']} px/step x {r['steps']} steps, {n} torch thread(s): fit {r['seconds']:.1f} s "
+                  f"(target <= 60 s); peak RSS {r['peak_mb']:.0f} MB, of which the scene and libraries "
+                  f"{r['before_mb']:.0f} MB -> fit adds {r['peak_mb'] - r['before_mb']:.0f} MB", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to time")
+    parser.add_argument("--caps", type=int, nargs="+", default=[0],
+                        help="max_train_pixels values to time on the full scene (0: the preset's)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--one-fit", nargs=2, type=int, metavar=("CAP", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_fit:
+        import json
+
+        cap, threads = args.one_fit
+        print(json.dumps(one_fit(cap or None, threads)))
+        return
     print(f"machine: {machine()}")
-    cube, wavelengths, fwhm = read_cube(CUBE)
     if not args.skip_quality:
+        cube, wavelengths, fwhm = read_cube(CUBE)
         sampling_quality(cube, wavelengths, fwhm, [42 + i for i in range(args.seeds)])
-    full_scene_time(cube, wavelengths, fwhm, args.threads)
+    if not args.skip_time:
+        full_scene_time([c or None for c in args.caps], args.threads)
 
 
 if __name__ == "__main__":

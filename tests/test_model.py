@@ -452,7 +452,7 @@ def test_presets_name_their_recipes():
     faithful = SpectraLift(preset="spectralift")
     assert faithful.max_train_pixels is None and faithful.consistency is False
     improved = SpectraLift(preset="geolift")
-    assert improved.max_train_pixels == 4096 and improved.consistency is True
+    assert improved.max_train_pixels == 2048 and improved.consistency is True
     assert (improved.steps, improved.hidden, improved.lr_max) == (2500, 64, 1e-2)
     assert SpectraLift(preset="geolift", steps=10, max_train_pixels=None).steps == 10  # explicit values win
     with pytest.raises(ModelError, match="max_train_pixels"):

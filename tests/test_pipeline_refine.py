@@ -208,3 +208,40 @@ def test_existing_output_error_names_the_overwrite_option(wald, tmp_path):
     result = cli(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "-o", out, "--progress", "none"])
     assert result.exit_code == 5
     assert "--overwrite" in result.output
+
+
+# ------------------------------------------------------------------------------------------ training at scale
+def test_sampled_fit_on_a_large_scene_copies_only_a_stratified_pool(monkeypatch):
+    """Above TRAINING_POOL_PIXELS valid pixels the sampled recipe trains from a stratified pool, without float64
+    copies of the whole scene (it used to hold ~4 of them: ~8 GB for 1000 x 1000 x 200)."""
+    import tracemalloc
+
+    from geolift import model as model_module
+    from geolift.model import SpectraLift
+
+    rng = np.random.default_rng(3)
+    bands, side = 200, 400  # 160 000 pixels, 128 MB as float32
+    endmembers = rng.uniform(0.05, 0.6, (bands, 3)).astype(np.float32)
+    abundances = rng.dirichlet([0.3, 0.3, 0.3], side * side).T.astype(np.float32)
+    lr = (endmembers @ abundances).reshape(bands, side, side)
+    lr[:, :5, :] = np.nan  # nodata rows never enter the pool
+    R = rng.uniform(0, 1, (4, bands))
+    R /= R.sum(axis=1, keepdims=True)
+
+    pools = []
+    real_pool = model_module._stratified_pool
+    monkeypatch.setattr(model_module, "_stratified_pool", lambda *a, **k: pools.append(real_pool(*a, **k)) or pools[-1])
+    tracemalloc.start()
+    a = SpectraLift(steps=30, seed=1, max_train_pixels=256).fit(lr, R)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1.5 * lr.nbytes, f"fit allocated {peak / 1e6:.0f} MB for a {lr.nbytes / 1e6:.0f} MB scene"
+
+    pool = pools[0]
+    assert pool.size == model_module.TRAINING_POOL_PIXELS == len(np.unique(pool))
+    assert pool.min() >= 5 * side  # no nodata pixel
+    assert a.n_train_pixels == (side - 5) * side  # all valid pixels count (and defined the strata)
+    b = SpectraLift(steps=30, seed=1, max_train_pixels=256).fit(lr, R)
+    np.testing.assert_array_equal(pools[1], pool)
+    msi = np.tensordot(R, lr[:, 100:140, 100:140], axes=1)
+    np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
