@@ -470,12 +470,12 @@ class Correction:
     lr_kernel: np.ndarray
     residual_before: float  # RMS of the (projected) LR residual
     residual_after: float  # RMS of what the correction leaves of it, on the LR grid
-    dark_fraction: float = 0.25
+    dark_fraction: float = 0.5
 
 
 def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray, lr_kernel: np.ndarray,
                      grid: GridPair, *, regularization: float | None = None, subspace_rank: int | None = 20,
-                     dark_fraction: float = 0.25) -> Correction:
+                     dark_fraction: float = 0.5) -> Correction:
     """Solve ``K ⊛ e ≈ P·S·(Y - D(B*X0))`` on the LR grid (Tikhonov; weight by GCV unless given).
 
     ``degraded_x0`` and ``lr_kernel`` come from :class:`LowResAccumulator`. ``S`` projects onto the LR-HSI's
@@ -564,9 +564,11 @@ def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: in
     """The additive correction (C, rows, cols) float32 for the HR tile ``x0_tile`` at (row_off, col_off).
 
     ``U(e)``, the correction interpolated to the tile's HR pixel centres. Where a pixel is, in some band, darker
-    than ``dark_fraction`` times its blurred LR neighbourhood, the correction of that band is scaled by
-    ``x0 / (dark_fraction·U(D(B*X0)))`` < 1: the LR residual of a bright neighbourhood says little about a dark
-    pixel inside it (water, shadow), and near-zero spectra are where white noise hurts the spectral angle most.
+    than ``dark_fraction`` times its blurred LR neighbourhood, a *brightening* correction of that band is scaled
+    by ``x0 / (dark_fraction·U(D(B*X0)))`` < 1: the LR residual of a bright neighbourhood says little about a dark
+    pixel inside it (water, shadow), and adding signal to near-zero bands is what hurts the spectral angle most.
+    A darkening correction passes unchanged: it pulls an over-bright dark pixel towards zero (the value range
+    clips it there), which is what blur-mixed training pixels make the network get wrong.
     Then the correction is projected
     onto R's null space again, so ``R·(x0 + correction) = R·x0`` per pixel. NaN pixels of ``x0_tile`` give NaN.
     """
@@ -578,7 +580,8 @@ def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: in
                                                         rows, cols)
         with np.errstate(invalid="ignore", divide="ignore"):
             scale = np.clip(np.where(local > 0, x0_tile / local, 1.0), 0.0, 1.0)
-        delta = _project_null(delta * np.nan_to_num(scale, nan=0.0), correction.response)
+        damped = np.where(delta > 0, delta * np.nan_to_num(scale, nan=0.0), delta)
+        delta = _project_null(damped, correction.response)
     delta[:, ~np.all(np.isfinite(x0_tile), axis=0)] = np.nan
     return delta.astype(np.float32)
 
@@ -587,7 +590,7 @@ def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: in
 def refine(x0: np.ndarray, lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, ratio: float | None = None, *,
            grid: GridPair | None = None, psf: PSFEstimate | None = None,
            value_range: tuple[float, float] | None = None, regularization: float | None = None,
-           subspace_rank: int | None = 20, dark_fraction: float = 0.25,
+           subspace_rank: int | None = 20, dark_fraction: float = 0.5,
            families: tuple[str, ...] = ("gaussian",)) -> tuple[np.ndarray, PSFEstimate, Correction]:
     """In-memory refinement of the network's output ``x0`` (C, H, W): both passes on one tile.
 

@@ -125,6 +125,21 @@ def test_streamed_two_pass_tiles_equal_in_memory(synthetic_case):
     assert np.isfinite(streamed[:, 20:, :]).all()
 
 
+def test_dark_pixels_damp_only_brightening_corrections():
+    """On a pixel darker than half its LR neighbourhood, a brightening correction is scaled by its relative
+    brightness (noise added to near-zero bands is what ruins the spectral angle); a darkening one passes whole."""
+    grid = rf.GridPair.aligned((4, 4), 2)
+    R = np.array([[1.0, 0.0, 0.0]])  # the MSI sees band 0 only: the correction below lies in R's null space
+    lr = np.broadcast_to(np.array([0.0, 0.2, -0.2], np.float32)[:, None, None], (3, 4, 4)).copy()
+    corr = rf.Correction(lr, np.ones((3, 4, 4), np.float32), grid, R, 1.0, np.ones((1, 1)), 0.0, 0.0,
+                         dark_fraction=0.5)
+    x0 = np.ones((3, 8, 8), np.float32)
+    x0[:, 2, 3] = 0.1  # a dark pixel (water) in a bright neighbourhood
+    delta = rf.correction_for_tile(corr, x0, 0, 0)
+    np.testing.assert_allclose(delta[:, 2, 3], [0.0, 0.2 * 0.1 / 0.5, -0.2], atol=1e-6)
+    np.testing.assert_allclose(delta[:, 5, 5], [0.0, 0.2, -0.2], atol=1e-6)  # bright pixels: untouched
+
+
 # ---------------------------------------------------------------------------------------- geometry
 def brute_force_degrade(hr, hr_transform, lr_transform, lr_shape, kernel):
     """Blur (edge-replicating) then average every HR pixel into the LR pixel containing its centre."""
