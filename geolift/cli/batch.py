@@ -6,12 +6,12 @@ import logging
 import sys
 import threading
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
 
+from geolift.cli.choices import Compression, OutputType, ProgressMode
 from geolift.cli import app, fail, run_command, setup_logging
 
 log = logging.getLogger("geolift")
@@ -22,23 +22,6 @@ EXIT_JOBS_FAILED = 1
 
 #: Above this many jobs the summary table lists only the failed ones.
 TABLE_ROWS = 50
-
-
-class ProgressMode(str, Enum):
-    bar = "bar"
-    plain = "plain"
-    none = "none"
-
-
-class OutputType(str, Enum):
-    float32 = "float32"
-    int16 = "int16"
-
-
-class Compression(str, Enum):
-    deflate = "deflate"
-    zstd = "zstd"
-    none = "none"
 
 
 class _CurrentStderr(logging.StreamHandler):

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from geolift.cli.choices import Compression, OutputType, ProgressMode
 from geolift.cli import app, run_command, setup_logging
 from geolift.cli.progress import progress_reporter
-
-
-class ProgressMode(str, Enum):
-    bar = "bar"
-    plain = "plain"
-    none = "none"
-
-
-class OutputType(str, Enum):
-    float32 = "float32"
-    int16 = "int16"
-
-
-class Compression(str, Enum):
-    deflate = "deflate"
-    zstd = "zstd"
-    none = "none"
 
 
 def usable_cores() -> int:
