@@ -36,7 +36,6 @@ import math
 import queue
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -51,7 +50,7 @@ from geolift import srf
 from geolift.errors import AlignmentError, InputError, MetadataError, ModelError, SensorError
 from geolift.io import HSIWriter, Scene, check_output_path, open_scene
 from geolift.io import block_windows
-from geolift.model import DEFAULT_PRESET, SpectraLift
+from geolift.model import DEFAULT_PRESET, SpectraLift, torch_threads
 
 log = logging.getLogger("geolift")
 
@@ -635,22 +634,6 @@ def pipelined(func: Callable[[Any], Any], items: Iterable[Any], depth: int = 1) 
             except queue.Empty:
                 pass
         worker.join()
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` inside the block, restored after (None: leave them alone)."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def fuse_files(

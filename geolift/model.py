@@ -311,7 +311,7 @@ def _adam_step_sizes(lr: np.ndarray) -> list[float]:
 
 
 @contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
     """Use ``n`` torch intra-op threads inside the block, then restore the previous setting (None: no change)."""
     if n is None:
         yield
@@ -516,7 +516,7 @@ class SpectraLift:
             target /= hi - lo
             inputs = target @ R.T  # the synthetic LR-MSI, formed in scaled units
 
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             self._state, self.history = self._train(inputs, target, dev, progress)
         self._net = None
         self.n_bands_in, self.n_bands_out = int(R.shape[0]), int(n_bands)
@@ -619,7 +619,7 @@ class SpectraLift:
     def _predict_chunks(self, get, put, n: int, progress: Progress | None) -> None:
         """Run ``n`` pixels through the network ``chunk_pixels`` at a time so memory stays bounded."""
         total = -(-n // self.chunk_pixels)
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             for i, a in enumerate(range(0, n, self.chunk_pixels), start=1):
                 b = min(n, a + self.chunk_pixels)
                 put(a, b, self._predict_block(np.asarray(get(a, b), dtype=np.float64)))

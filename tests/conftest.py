@@ -171,3 +171,12 @@ def temp_leftovers(folder: Path) -> list[Path]:
 def leftovers():
     """The :func:`temp_leftovers` helper."""
     return temp_leftovers
+
+
+
+def box_response(n_msi: int, n_hsi: int) -> np.ndarray:
+    """m x C response with contiguous, equal-width box rows summing to 1 (no SRF library needed)."""
+    R = np.zeros((n_msi, n_hsi))
+    for i, part in enumerate(np.array_split(np.arange(n_hsi), n_msi)):
+        R[i, part] = 1.0 / len(part)
+    return R

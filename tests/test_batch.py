@@ -33,6 +33,7 @@ from geolift.batch import (
 )
 from geolift.errors import BatchError, InputError
 from geolift.fuse import FuseOptions, fuse_files
+from conftest import read_potsdam_cube, write_tif
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -52,43 +53,18 @@ SETTINGS = BatchSettings(pixels_per_task=BERLIN_TILE * BERLIN_TILE)
 # ---------------------------------------------------------------------------------------------
 
 
-def _potsdam_good_bands():
-    with rasterio.open(POTSDAM) as ds:
-        cube = ds.read().astype(np.float32)
-        tags = [ds.tags(i + 1) for i in range(ds.count)]
-        nodata, crs, transform = ds.nodata, ds.crs, ds.transform
-    cube[cube == nodata] = np.nan
-    good = np.array([t.get("bbl", "1") != "0" for t in tags])
-    wavelengths = np.array([float(t["wavelength"]) for t in tags])
-    fwhm = np.array([float(t["fwhm"]) for t in tags])
-    order = np.flatnonzero(good)[np.argsort(wavelengths[good], kind="stable")]  # EnMAP VNIR/SWIR overlap
-    return cube[order], wavelengths[order], fwhm[order], crs, transform
-
-
-def _write(path: Path, data: np.ndarray, crs, transform, wavelengths=None, fwhm=None, descriptions=None) -> Path:
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype="float32", crs=crs, transform=transform)
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(data.astype(np.float32))
-        for i in range(data.shape[0]):
-            if wavelengths is not None:
-                ds.update_tags(i + 1, wavelength=repr(float(wavelengths[i])), fwhm=repr(float(fwhm[i])),
-                               wavelength_units="Nanometers")
-            if descriptions is not None:
-                ds.set_band_description(i + 1, descriptions[i])
-    return path
-
-
 def write_wald_pair(folder: Path, hsi_name: str, msi_name: str, col: int, seed: int, east_m: float = 0.0):
     """A 64 x 64 px Wald case (ratio 4: LR-HSI 16 x 16 px) from columns col..col+64 of the Potsdam cube."""
-    cube, wavelengths, fwhm, crs, transform = _potsdam_good_bands()
+    cube, wavelengths, fwhm, crs, transform = read_potsdam_cube()
     gt = cube[:, :64, col:col + 64]
     R = srf.response_matrix("sentinel2a", list(S2_BANDS), wavelengths, fwhm_nm=fwhm)
     case = evaluate.make_wald_case(gt, R, ratio=4, seed=seed)
     hr = transform @ Affine.translation(col, 0)
     hr = Affine(hr.a, hr.b, hr.c + east_m, hr.d, hr.e, hr.f)
-    hsi = _write(folder / hsi_name, case.lr_hsi, crs, hr @ Affine.scale(4), wavelengths, fwhm)
-    msi = _write(folder / msi_name, case.hr_msi, crs, hr, descriptions=S2_BANDS)
+    hsi = write_tif(folder / hsi_name, case.lr_hsi.astype(np.float32), crs=crs, transform=hr @ Affine.scale(4),
+                    wavelengths=wavelengths, fwhm=fwhm)
+    msi = write_tif(folder / msi_name, case.hr_msi.astype(np.float32), crs=crs, transform=hr,
+                    descriptions=S2_BANDS)
     return hsi, msi
 
 

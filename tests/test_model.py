@@ -11,25 +11,12 @@ import torch
 from geolift.errors import GeoliftError, ModelError
 from geolift.model import PRESETS, SpectraLift, SpectraLiftMLP, learning_rate_schedule
 from geolift.model import _FlatKerasAdam, _MeanAbsoluteError  # internals checked against their references
+from conftest import box_response
 
 FAST = dict(steps=200)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These tests check mechanics on tiny data: one thread is fastest there and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def box_response(n_msi: int, n_hsi: int) -> np.ndarray:
-    """m x C response with contiguous, equal-width box rows summing to 1."""
-    R = np.zeros((n_msi, n_hsi))
-    for i, part in enumerate(np.array_split(np.arange(n_hsi), n_msi)):
-        R[i, part] = 1.0 / len(part)
-    return R
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gaussian_response(centers, fwhm, n_hsi: int) -> np.ndarray:

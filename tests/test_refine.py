@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from affine import Affine
 from scipy import ndimage
 
@@ -15,21 +14,10 @@ from geolift import refine as rf
 from geolift import srf
 from geolift.errors import AlignmentError, ModelError
 from geolift.model import SpectraLift
+from conftest import box_response
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def box_response(n_msi: int, n_hsi: int) -> np.ndarray:
-    R = np.zeros((n_msi, n_hsi))
-    for i, part in enumerate(np.array_split(np.arange(n_hsi), n_msi)):
-        R[i, part] = 1.0 / len(part)
-    return R
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_scene(shape=(96, 96), n_bands=24, seed=0) -> np.ndarray:
