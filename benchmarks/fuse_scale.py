@@ -135,23 +135,24 @@ def to_int16(reflectance: np.ndarray) -> np.ndarray:
 
 
 def write_hsi(path: Path, landscape: Landscape, endmembers: np.ndarray, wavelengths: np.ndarray,
-              fwhm: np.ndarray) -> None:
-    """The LR-HSI: each pixel the mean spectrum of 8 x 8 samples of the landscape inside it."""
-    pixel = EXTENT_M / HSI_SIZE
+              fwhm: np.ndarray, size: int = HSI_SIZE, subsamples: int = HSI_SUBSAMPLES) -> None:
+    """The LR-HSI, ``size`` x ``size`` px over the 10 km: each pixel the mean spectrum of ``subsamples`` x
+    ``subsamples`` samples of the landscape inside it."""
+    pixel = EXTENT_M / size
     transform = Affine.translation(*ORIGIN) @ Affine.scale(pixel, -pixel)
-    profile = dict(driver="GTiff", width=HSI_SIZE, height=HSI_SIZE, count=N_BANDS, dtype="int16", crs=CRS,
+    profile = dict(driver="GTiff", width=size, height=size, count=N_BANDS, dtype="int16", crs=CRS,
                    transform=transform, nodata=NODATA, tiled=True, blockxsize=128, blockysize=128,
                    compress="deflate", interleave="band")
     rng = np.random.default_rng(SEED + 1)
-    offsets = (np.arange(HSI_SUBSAMPLES) + 0.5) * pixel / HSI_SUBSAMPLES
-    x = (np.arange(HSI_SIZE)[:, None] * pixel + offsets[None, :]).ravel()
+    offsets = (np.arange(subsamples) + 0.5) * pixel / subsamples
+    x = (np.arange(size)[:, None] * pixel + offsets[None, :]).ravel()
     with rasterio.open(path, "w", **profile) as ds:
-        for row in range(HSI_SIZE):
+        for row in range(size):
             y = -(row * pixel + offsets)  # metres below the top edge
-            ab = landscape.abundances(x, y)  # (k, 8, 100*8)
-            mean = ab.reshape(ab.shape[0], HSI_SUBSAMPLES, HSI_SIZE, HSI_SUBSAMPLES).mean(axis=(1, 3))  # (k, 100)
-            spectra = add_noise(endmembers.T @ mean, rng)  # (bands, 100)
-            ds.write(to_int16(spectra)[:, None, :], window=Window(0, row, HSI_SIZE, 1))
+            ab = landscape.abundances(x, y)  # (k, subsamples, size*subsamples)
+            mean = ab.reshape(ab.shape[0], subsamples, size, subsamples).mean(axis=(1, 3))  # (k, size)
+            spectra = add_noise(endmembers.T @ mean, rng)  # (bands, size)
+            ds.write(to_int16(spectra)[:, None, :], window=Window(0, row, size, 1))
         for b in range(N_BANDS):
             ds.update_tags(b + 1, wavelength=f"{wavelengths[b]:.3f}", fwhm=f"{fwhm[b]:.3f}",
                            wavelength_units="Nanometers")
@@ -179,15 +180,17 @@ def write_msi(path: Path, size: int, landscape: Landscape, msi_endmembers: np.nd
             ds.set_band_description(b + 1, name)
 
 
-def make_scene(folder: Path, sizes: list[int]) -> tuple[Path, dict[int, Path], float]:
+def make_scene(folder: Path, sizes: list[int], hsi_size: int = HSI_SIZE,
+               hsi_subsamples: int = HSI_SUBSAMPLES) -> tuple[Path, dict[int, Path], float]:
+    """The LR-HSI (``hsi_size`` px per side) and one HR-MSI per size in ``sizes``, all over the same 10 km."""
     wavelengths = np.linspace(420.0, 2440.0, N_BANDS)
     fwhm = np.full(N_BANDS, 1.2 * (wavelengths[1] - wavelengths[0]))
     endmembers = potsdam_endmembers(wavelengths, N_ENDMEMBERS)
     R = srf.response_matrix("sentinel2a", MSI_BANDS, wavelengths, fwhm_nm=fwhm)
     landscape = Landscape(N_ENDMEMBERS, N_WAVES, SEED)
     started = time.perf_counter()
-    hsi = folder / "synthetic_hsi_100m_200b.tif"
-    write_hsi(hsi, landscape, endmembers, wavelengths, fwhm)
+    hsi = folder / ("synthetic_hsi_100m_200b.tif" if hsi_size == HSI_SIZE else f"synthetic_hsi_{hsi_size}px_200b.tif")
+    write_hsi(hsi, landscape, endmembers, wavelengths, fwhm, hsi_size, hsi_subsamples)
     msis = {}
     for size in sizes:
         msis[size] = folder / f"synthetic_s2_{size}px.tif"

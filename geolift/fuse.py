@@ -19,21 +19,24 @@ co-registration and the radiometry against the synthetic LR-MSI.
 
 When the model's recipe asks for it (``model.consistency``, the default ``geolift`` preset),
 :func:`prepare_fusion` also runs pass 1 of :mod:`geolift.refine`'s consistency step: it estimates
-the blur from the data, predicts every output window once to collect the network's output
-degraded to the HSI grid, and solves the low-resolution correction. The correction (LR-sized,
+the blur from the data, predicts every output window once (on every core the job may use, see
+:func:`prediction_workers`) to collect the network's output degraded to the HSI grid - reduced
+at once to its coefficients on the LR-HSI's leading spectral components, so only those maps are
+blurred and kept - and solves the low-resolution correction. The correction (LR-sized,
 picklable) travels in the plan, and :meth:`FusionPlan.predict_window` adds it to each window
 (pass 2). It runs after the shift correction, since it compares the two scenes pixel by pixel.
 
 Writing overlaps computing: a worker thread predicts the next window while the main thread
-encodes and writes the current one (torch and GDAL release the GIL), through a queue of one,
-so at most three blocks are alive at a time.
+encodes and writes the current one (torch and GDAL release the GIL), one window ahead
+(:func:`pipelined`), so at most three blocks are alive at a time. The per-block arithmetic runs
+in torch on its configured threads; numpy's BLAS would start a thread pool of its own that
+competes with GDAL's compression threads for the same cores.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 from affine import Affine
 from rasterio.windows import Window, from_bounds
 
@@ -207,6 +211,9 @@ def _try_resolve(curves: srf.SRFSet, names: Sequence[str] | None) -> list[str] |
 # ---------------------------------------------------------------------------------------------
 
 
+_REPORT_LOCK = threading.Lock()
+
+
 @dataclass
 class FusionPlan:
     """A fitted model plus everything needed to predict any window of the output grid.
@@ -267,15 +274,19 @@ class FusionPlan:
         return out, msi_block
 
     def apply_correction(self, fused_good: np.ndarray, window: Window) -> None:
-        """Add the consistency correction to the network's block (good bands) in place, strip by strip, and
-        clip to the model's range as :func:`geolift.refine.refine` does."""
+        """Add the consistency correction to the network's block (good bands) in place and clip to the
+        model's range, as :func:`geolift.refine.refine` does."""
         started = time.perf_counter()
-        lo, hi = self.model.data_range
-        for a in range(0, fused_good.shape[1], REFINE_STRIP_ROWS):
-            strip = fused_good[:, a:a + REFINE_STRIP_ROWS]
-            strip += rf.correction_for_tile(self.correction, strip, int(window.row_off) + a, int(window.col_off))
-            np.clip(strip, lo, hi, out=strip)
-        self.report.correction_seconds += time.perf_counter() - started
+        rf.add_correction(self.correction, fused_good, int(window.row_off), int(window.col_off),
+                          self.model.data_range)
+        with _REPORT_LOCK:  # windows may be predicted concurrently (batch tile tasks on threads)
+            self.report.correction_seconds += time.perf_counter() - started
+
+
+def prediction_workers(options: FuseOptions) -> int:
+    """Threads that predict blocks at once: the job's threads (``num_threads``) over torch's threads per
+    prediction, so that by default (1 torch thread) every core predicts while GDAL compresses."""
+    return max(1, int(options.num_threads) // max(1, int(options.torch_threads or 1)))
 
 
 def _int_window(window: Window) -> Window:
@@ -423,18 +434,22 @@ def consistency_correction(plan: FusionPlan, lr_hsi: np.ndarray, progress: Progr
     log.info("Blur estimated from the data: %s, FWHM %.2f output px (%s border), misfit %.3g.",
              psf.family, psf.fwhm, psf.boundary, psf.residual)
 
-    accumulator = rf.LowResAccumulator(grid, psf, n_bands=int(plan.hsi.good_bands.sum()))
+    basis = rf.spectral_subspace(lr_hsi, rf.SUBSPACE_RANK)
+    accumulator = rf.LowResAccumulator(grid, psf, n_bands=int(plan.hsi.good_bands.sum()), basis=basis)
     windows = list(block_windows(width, height, plan.options.tile_size))
 
-    def network(window: Window) -> np.ndarray:
-        return plan.model.predict(plan.model_input(window))
+    def network_maps(window: Window) -> np.ndarray:
+        """The window's network output reduced to the basis coefficients, strip by strip (small in memory)."""
+        msi_block = plan.model_input(window)
+        return np.concatenate([accumulator.reduce(plan.model.predict(msi_block[:, a:a + REFINE_STRIP_ROWS]))
+                               for a in range(0, msi_block.shape[1], REFINE_STRIP_ROWS)], axis=1)
 
-    for i, (window, x0) in enumerate(pipelined(network, windows)):
-        for a in range(0, x0.shape[1], REFINE_STRIP_ROWS):
-            accumulator.add_tile(x0[:, a:a + REFINE_STRIP_ROWS], int(window.row_off) + a, int(window.col_off))
+    for i, (window, maps) in enumerate(pipelined(network_maps, windows, workers=prediction_workers(plan.options))):
+        accumulator.add_maps(maps, int(window.row_off), int(window.col_off))
         _tick(progress, i + 1, 2 * len(windows), "write")  # pass 1 is the first half of the write stage
     try:
-        correction = rf.solve_correction(lr_hsi, accumulator.result(), plan.response, accumulator.lr_kernel(), grid)
+        correction = rf.solve_correction(lr_hsi, accumulator.coefficients(), plan.response, accumulator.lr_kernel(),
+                                         grid, basis=basis)
     except ModelError as exc:
         return _skip_refine(report, str(exc).rstrip("."))
     report.refined = True
@@ -536,18 +551,22 @@ def write_fusion(
     refined = getattr(plan, "correction", None) is not None
     report.correction_seconds = 0.0  # apply_correction adds to it (on this machine; not in batch tile tasks)
     all_good = bool(hsi.good_bands.all())
+    response32 = torch.from_numpy(np.asarray(plan.response, dtype=np.float32))
 
-    def produce(window: Window) -> np.ndarray:
+    def produce(window: Window) -> tuple[np.ndarray, tuple[float, float, int, float]]:
+        """The window's block and its figures (seconds, SRF-check sums), summed in window order by the
+        consumer so that the report does not depend on which worker finished first."""
         t0 = time.perf_counter()
         block, msi_block = plan.predict_window(window)
-        stats["predict"] += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         good = block if all_good else block[hsi.good_bands]  # boolean indexing would copy every band
-        resynth = np.tensordot(plan.response, good, axes=1)
+        with torch.inference_mode():  # torch's threads: numpy's BLAS pool would compete with GDAL's
+            resynth = torch.mm(response32, torch.from_numpy(good.reshape(good.shape[0], -1))).numpy()
+        resynth = resynth.reshape(-1, *good.shape[1:])
         valid = np.isfinite(resynth).all(axis=0)
-        stats["sq_error"] += float(np.sum((resynth[:, valid] - msi_block[:, valid]) ** 2))
-        stats["sq_count"] += int(valid.sum()) * resynth.shape[0]
-        stats["msi_sum"] += float(np.sum(msi_block[:, valid]))
-        return block
+        figures = (seconds, float(np.sum((resynth[:, valid] - msi_block[:, valid]) ** 2)),
+                   int(valid.sum()) * resynth.shape[0], float(np.sum(msi_block[:, valid])))
+        return block, figures
 
     started = time.perf_counter()
     writing = 0.0
@@ -561,7 +580,9 @@ def write_fusion(
         windows = list(writer.block_windows())
         first, total = (len(windows), 2 * len(windows)) if refined else (0, len(windows))
         with torch_threads(options.torch_threads):
-            for i, (window, block) in enumerate(pipelined(produce, windows)):
+            for i, (window, (block, figures)) in enumerate(pipelined(produce, windows)):
+                for key, value in zip(("predict", "sq_error", "sq_count", "msi_sum"), figures):
+                    stats[key] += value
                 t0 = time.perf_counter()
                 writer.write_block(block, window)
                 writing += time.perf_counter() - t0
@@ -585,55 +606,75 @@ def write_fusion(
     return report
 
 
-_DONE = object()
+def pipelined(func: Callable[[Any], Any], items: Iterable[Any], depth: int = 1,
+              workers: int = 1) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(item, func(item))`` in order while ``workers`` threads compute the results ahead.
 
-
-def pipelined(func: Callable[[Any], Any], items: Iterable[Any], depth: int = 1) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(item, func(item))`` in order while a worker thread computes the next ``depth`` results ahead.
-
-    The queue is bounded, so at most ``depth + 2`` results are alive (one being computed, ``depth``
-    waiting, one being consumed). An exception in ``func`` is raised here, in the consumer.
+    No item is started more than ``workers + depth`` places ahead of the one being consumed, so at most
+    ``workers + depth + 1`` results are alive. An exception in ``func`` is raised here, in the consumer, once
+    the items before it have been yielded; closing the generator early stops the workers after their
+    current item.
     """
-    results: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
-    stop = threading.Event()
+    source = iter(items)
+    cond = threading.Condition()
+    results: dict[int, tuple[Any, Any, BaseException | None]] = {}
+    state = {"started": 0, "consumed": 0, "running": max(1, int(workers)), "stop": False}
+    ahead = max(1, int(workers)) + max(0, int(depth))
 
     def work() -> None:
         try:
-            for item in items:
-                if stop.is_set():
-                    return
-                value = func(item)
-                while not stop.is_set():
+            while True:
+                with cond:
+                    while not state["stop"] and state["started"] >= state["consumed"] + ahead:
+                        cond.wait()
+                    if state["stop"]:
+                        return
                     try:
-                        results.put((item, value, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and re-raised there
-            results.put((None, None, exc))
-            return
-        results.put(_DONE)
+                        item = next(source)
+                    except StopIteration:
+                        return
+                    index = state["started"]
+                    state["started"] += 1
+                try:
+                    outcome = (item, func(item), None)
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer and re-raised there
+                    outcome = (item, None, exc)
+                with cond:
+                    results[index] = outcome
+                    cond.notify_all()
+                if outcome[2] is not None:
+                    return
+        finally:
+            with cond:
+                state["running"] -= 1
+                cond.notify_all()
 
-    worker = threading.Thread(target=work, name="geolift-predict", daemon=True)
-    worker.start()
+    threads = [threading.Thread(target=work, name="geolift-predict", daemon=True) for _ in range(state["running"])]
+    for thread in threads:
+        thread.start()
     try:
+        index = 0
         while True:
-            got = results.get()
-            if got is _DONE:
-                return
-            item, value, error = got
+            with cond:
+                while index not in results and not (state["running"] == 0 and index >= state["started"]):
+                    cond.wait()
+                if index not in results:
+                    return
+                item, value, error = results.pop(index)
+                state["consumed"] = index + 1
+                cond.notify_all()
             if error is not None:
                 raise error
             yield item, value
-            del got, value
+            del value
+            index += 1
     finally:
-        stop.set()
-        while worker.is_alive():
-            try:
-                results.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        worker.join()
+        with cond:
+            state["stop"] = True
+            results.clear()
+            cond.notify_all()
+        for thread in threads:
+            thread.join()
 
 
 def fuse_files(

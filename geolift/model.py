@@ -108,15 +108,34 @@ class SpectraLiftMLP(nn.Module):
         self.to_empty(device="cpu")
         self.reset_parameters_keras(generator if generator is not None else torch.Generator().manual_seed(0))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (n, hidden) output of the last hidden layer (the reference's residual wiring)."""
         def act(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
             return F.leaky_relu(layer(h), LEAKY_SLOPE)
 
         x1 = act(self.layer1, x)
         x = act(self.layer2, x1) + x1
         x = act(self.layer4, act(self.layer3, x)) + x
-        x = act(self.layer6, act(self.layer5, x)) + x
-        return self.output_layer(x)
+        return act(self.layer6, act(self.layer5, x)) + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_layer(self.features(x))
+
+    def predict_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Inference only: the mapping of ``x`` (n, n_in) written band-first into ``out`` (n_out, n), ``W·hᵀ + b``.
+
+        Same arithmetic as :meth:`forward` (bit-identical), but activations and residual adds work in place
+        and the output layer writes straight into ``out`` (any BLAS-compatible strides, e.g. a band-first
+        image's rows), so no per-layer buffer is allocated and no transposed copy made.
+        """
+        def act(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+            return F.leaky_relu_(torch.addmm(layer.bias, h, layer.weight.T), LEAKY_SLOPE)
+
+        x1 = act(self.layer1, x)
+        h = act(self.layer2, x1).add_(x1)
+        h = act(self.layer4, act(self.layer3, h)).add_(h)
+        h = act(self.layer6, act(self.layer5, h)).add_(h)
+        return torch.addmm(self.output_layer.bias[:, None], self.output_layer.weight, h.T, out=out)
 
     def reset_parameters_keras(self, generator: torch.Generator) -> None:
         """Glorot-uniform weights and zero biases (Keras Dense defaults), drawn from ``generator`` only."""
@@ -596,10 +615,7 @@ class SpectraLift:
         flat_in = hr_msi.reshape(self.n_bands_in, rows * cols)
         out = np.empty((self.n_bands_out, rows * cols), dtype=np.float32)
 
-        def put(a: int, b: int, values: np.ndarray) -> None:
-            out[:, a:b] = values.T
-
-        self._predict_chunks(lambda a, b: flat_in[:, a:b].T, put, rows * cols, progress)
+        self._predict_chunks(lambda a, b: flat_in[:, a:b].T, lambda a, b: out[:, a:b], rows * cols, progress)
         return out.reshape(self.n_bands_out, rows, cols)
 
     def predict_pixels(self, X: np.ndarray, progress: Progress | None = None) -> np.ndarray:
@@ -610,39 +626,48 @@ class SpectraLift:
             raise ModelError(f"Pixels must be an (n, {self.n_bands_in}) array of MSI spectra, got shape {X.shape}.")
         out = np.empty((X.shape[0], self.n_bands_out), dtype=np.float32)
 
-        def put(a: int, b: int, values: np.ndarray) -> None:
-            out[a:b] = values
-
-        self._predict_chunks(lambda a, b: X[a:b], put, X.shape[0], progress)
+        self._predict_chunks(lambda a, b: X[a:b], lambda a, b: out[a:b].T, X.shape[0], progress)
         return out
 
-    def _predict_chunks(self, get, put, n: int, progress: Progress | None) -> None:
-        """Run ``n`` pixels through the network ``chunk_pixels`` at a time so memory stays bounded."""
+    def _predict_chunks(self, get, out_view, n: int, progress: Progress | None) -> None:
+        """Run ``n`` pixels through the network ``chunk_pixels`` at a time so memory stays bounded;
+        ``out_view(a, b)`` is the (C, b - a) float32 view the chunk's spectra go into."""
         total = -(-n // self.chunk_pixels)
         with torch_threads(self.num_threads):
             for i, a in enumerate(range(0, n, self.chunk_pixels), start=1):
                 b = min(n, a + self.chunk_pixels)
-                put(a, b, self._predict_block(np.asarray(get(a, b), dtype=np.float64)))
+                self._predict_block(np.asarray(get(a, b), dtype=np.float64), out_view(a, b))
                 if progress is not None:
                     progress(i, total, "predict")
 
-    def _predict_block(self, msi: np.ndarray) -> np.ndarray:
-        """(k, m) MSI pixels in user units -> (k, C) float32 HSI pixels in user units."""
+    def _predict_block(self, msi: np.ndarray, out: np.ndarray) -> None:
+        """(k, m) MSI pixels in user units -> ``out`` (C, k) float32 HSI spectra in user units, band-first."""
         net, dev = self.network(), self._net_device
         lo, hi = self.data_range
-        out = np.full((msi.shape[0], self.n_bands_out), np.nan, dtype=np.float32)
         valid = np.all(np.isfinite(msi), axis=1)
         n_valid = int(valid.sum())
         if n_valid == 0:
-            return out
+            out[...] = np.nan
+            return
         scaled = ((msi[valid] - self._msi_offset) / (hi - lo)).astype(np.float32)
+        direct = n_valid == msi.shape[0] and n_valid >= _MIN_BATCH_ROWS and dev.type == "cpu"
         if n_valid < _MIN_BATCH_ROWS:  # see _MIN_BATCH_ROWS: keep results independent of the block split
             scaled = np.concatenate([scaled, np.repeat(scaled[-1:], _MIN_BATCH_ROWS - n_valid, axis=0)])
         with torch.inference_mode():
-            y = net(torch.from_numpy(scaled).to(dev))[:n_valid]
+            x = torch.from_numpy(scaled).to(dev)
+            if direct:  # every pixel valid: the network writes straight into the caller's array
+                y = net.predict_into(x, torch.from_numpy(out))
+            else:
+                y = net.predict_into(x, torch.empty((self.n_bands_out, x.shape[0]), device=dev))[:, :n_valid]
             y = y.clamp_(0.0, 1.0).mul_(hi - lo).add_(lo).clamp_(lo, hi)  # clip: see the class docstring
-            out[valid] = y.cpu().numpy()
-        return out
+            if direct:
+                return
+            y = y.cpu().numpy()
+        if n_valid == msi.shape[0]:
+            out[...] = y
+        else:
+            out[...] = np.nan
+            out[:, valid] = y
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:

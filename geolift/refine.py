@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from affine import Affine
 from scipy import optimize, sparse
 
@@ -44,6 +45,7 @@ __all__ = [
     "estimate_psf",
     "solve_correction",
     "correction_for_tile",
+    "add_correction",
     "null_space_projector",
     "spectral_subspace",
     "degrade",
@@ -54,6 +56,9 @@ log = logging.getLogger("geolift")
 
 _MAX_SEPARABLE_TERMS = 4
 _SEPARABLE_TOLERANCE = 1e-3  # drop SVD terms below this share of the largest singular value
+#: Spectral components the LR residual is projected onto (see :func:`spectral_subspace`).
+SUBSPACE_RANK = 20
+_GRAM_CHUNK = 65536  # LR pixels per chunk when forming the spectral Gram matrix
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -139,19 +144,19 @@ class _Axis:
         inside = (rows >= 0) & (rows < self.n_lr)
         return sparse.csr_matrix((np.ones(inside.sum()), (rows[inside], cols[inside])), shape=(self.n_lr, self.n_hr))
 
+    def cubic_taps(self, hr_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keys cubic interpolation (a = -0.5) from LR pixel centres to the HR pixel centres ``hr_index``: the
+        (n, 4) LR indices (edges clamped) and weights. They depend on the HR index alone, not on the tile."""
+        position = self.lr_coordinate(hr_index) - 0.5
+        index = np.floor(position).astype(np.int64)[:, None] + np.arange(-1, 3)
+        return np.clip(index, 0, self.n_lr - 1), _keys_cubic(position[:, None] - index)
+
     def interpolation(self, hr_index: np.ndarray | None = None) -> sparse.csr_matrix:
         """(n, n_lr) Keys cubic interpolation (a = -0.5) from LR pixel centres to HR pixel centres, edges clamped."""
         hr_index = np.arange(self.n_hr) if hr_index is None else np.asarray(hr_index)
-        position = self.lr_coordinate(hr_index) - 0.5
-        base = np.floor(position).astype(np.int64)
-        rows, cols, vals = [], [], []
-        for tap in range(-1, 3):
-            index = base + tap
-            rows.append(np.arange(len(hr_index)))
-            cols.append(np.clip(index, 0, self.n_lr - 1))
-            vals.append(_keys_cubic(position - index))
-        return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                 shape=(len(hr_index), self.n_lr))
+        index, weight = self.cubic_taps(hr_index)
+        rows = np.repeat(np.arange(len(hr_index)), 4)
+        return sparse.csr_matrix((weight.ravel(), (rows, index.ravel())), shape=(len(hr_index), self.n_lr))
 
 
 def _keys_cubic(s: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -251,12 +256,15 @@ class _BlurAggregate:
             gx.append((sx @ _convolution(ax.n_hr, row, boundary)).tocsr())
         return cls(gy, gx, np.asarray(sy.sum(axis=1)).ravel(), np.asarray(sx.sum(axis=1)).ravel())
 
-    def sums(self, block: np.ndarray, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
-        """LR sums ``Σ_k Gy_k[:, rows] · block · Gx_k[:, cols]ᵀ`` for a (bands, r, c) HR block (no NaN)."""
+    def sums(self, block: np.ndarray, rows: slice | None = None, cols: slice | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """LR sums ``Σ_k Gy_k[:, rows] · block · Gx_k[:, cols]ᵀ`` for a (bands, r, c) HR block (no NaN), added
+        into ``out`` (bands, h, w) when given (only the LR pixels the block reaches are touched)."""
         bands, r, c = block.shape
         rows = rows or slice(0, r)
         cols = cols or slice(0, c)
-        out = None
+        if out is None:
+            out = np.zeros((bands, self.gy[0].shape[0], self.gx[0].shape[0]))
         flat = np.ascontiguousarray(block.transpose(1, 0, 2)).reshape(r, bands * c)  # (r, bands·c)
         for gy, gx in zip(self.gy, self.gx):
             gyt = gy[:, rows]
@@ -265,8 +273,6 @@ class _BlurAggregate:
             active_x = np.flatnonzero(np.diff(gxt.indptr))
             step = np.asarray(gyt[active_y] @ flat).reshape(len(active_y) * bands, c)  # (ly·bands, c)
             part = np.asarray((gxt[active_x] @ step.T).T).reshape(len(active_y), bands, len(active_x))
-            if out is None:
-                out = np.zeros((bands, gy.shape[0], gx.shape[0]))
             out[:, active_y[:, None], active_x[None, :]] += part.transpose(1, 0, 2)
         return out
 
@@ -374,35 +380,73 @@ class LowResAccumulator:
     offset (NaN = nodata). No halo is needed: the blur of each HR pixel is spread to the LR pixels it reaches by the
     per-axis matrices. After all tiles, :meth:`result` is the degraded cube (NaN where nodata reached an LR pixel
     or no HR pixel covers it).
+
+    With ``basis`` (a (C, k) orthonormal matrix, e.g. :func:`spectral_subspace` of the LR-HSI) each tile is first
+    reduced to its k coefficients on it: the consistency step only ever uses the residual's projection onto that
+    subspace, and blurring k maps instead of C bands is C/k times less work and memory. :meth:`coefficients` then
+    gives the degraded coefficient maps, and :meth:`result` the degraded cube's projection onto the subspace.
     """
 
-    def __init__(self, grid: GridPair, psf: PSFEstimate, n_bands: int):
+    def __init__(self, grid: GridPair, psf: PSFEstimate, n_bands: int, basis: np.ndarray | None = None):
         self.grid = grid
         self.psf = psf
+        self.n_bands = int(n_bands)
+        self.basis = None if basis is None else np.asarray(basis, dtype=np.float64)
+        if self.basis is not None and (self.basis.ndim != 2 or self.basis.shape[0] != self.n_bands):
+            raise ModelError(f"The spectral basis must be a ({self.n_bands}, k) matrix, got {self.basis.shape}.")
+        self._reduce = None if self.basis is None else np.ascontiguousarray(self.basis.T, dtype=np.float32)
         self._op = _BlurAggregate.build(grid, psf.kernel(), psf.boundary)
-        self._sums = np.zeros((int(n_bands), *grid.lr_shape))
-        self._nodata = np.zeros(grid.lr_shape)
+        maps = self.n_bands if self.basis is None else self.basis.shape[1]
+        self._sums = np.zeros((maps, *grid.lr_shape))
+        self._nodata = np.zeros((1, *grid.lr_shape))
 
     def add_tile(self, x0_tile: np.ndarray, row_off: int, col_off: int) -> None:
-        x0_tile = np.asarray(x0_tile, dtype=np.float64)
-        if x0_tile.ndim != 3 or x0_tile.shape[0] != self._sums.shape[0]:
-            raise ModelError(f"A tile must be a ({self._sums.shape[0]}, rows, cols) array, got {x0_tile.shape}.")
+        self.add_maps(self.reduce(x0_tile), row_off, col_off)
+
+    def reduce(self, x0_tile: np.ndarray) -> np.ndarray:
+        """A tile's maps to accumulate: its k coefficients on the basis (float64 (k, rows, cols); a pixel with
+        NaN in any band gets NaN), or the tile itself without a basis. Thread-safe, so workers can reduce
+        tiles while one thread adds them (and only k maps per tile need to wait in memory)."""
+        x0_tile = np.asarray(x0_tile)
+        if x0_tile.ndim != 3 or x0_tile.shape[0] != self.n_bands:
+            raise ModelError(f"A tile must be a ({self.n_bands}, rows, cols) array, got {x0_tile.shape}.")
+        if self._reduce is None:
+            return x0_tile.astype(np.float64)
         _, r, c = x0_tile.shape
+        flat = np.ascontiguousarray(x0_tile, dtype=np.float32).reshape(self.n_bands, r * c)
+        with torch.inference_mode():  # torch's threads, not a second BLAS pool (see _TileCorrection)
+            maps = torch.mm(torch.from_numpy(self._reduce), torch.from_numpy(flat)).numpy()
+        return maps.reshape(-1, r, c).astype(np.float64)
+
+    def add_maps(self, maps: np.ndarray, row_off: int, col_off: int) -> None:
+        """Add a tile's :meth:`reduce` result at HR offset (row_off, col_off)."""
+        maps = np.asarray(maps, dtype=np.float64)
+        if maps.ndim != 3 or maps.shape[0] != self._sums.shape[0]:
+            raise ModelError(f"Maps must be a ({self._sums.shape[0]}, rows, cols) array, got {maps.shape}.")
+        _, r, c = maps.shape
         if row_off < 0 or col_off < 0 or row_off + r > self.grid.hr_shape[0] or col_off + c > self.grid.hr_shape[1]:
             raise ModelError(f"The tile at ({row_off}, {col_off}) of size {r} x {c} lies outside the "
                              f"{self.grid.hr_shape[0]} x {self.grid.hr_shape[1]} HR grid.")
+        finite = np.all(np.isfinite(maps), axis=0)
         rows, cols = slice(row_off, row_off + r), slice(col_off, col_off + c)
-        finite = np.all(np.isfinite(x0_tile), axis=0)
-        self._sums += self._op.sums(np.where(finite[None], x0_tile, 0.0), rows, cols)
         if not finite.all():
-            self._nodata += self._op.sums((~finite)[None].astype(np.float64), rows, cols)[0]
+            maps = np.where(finite, maps, 0.0)
+            self._op.sums((~finite)[None].astype(np.float64), rows, cols, out=self._nodata)
+        self._op.sums(maps, rows, cols, out=self._sums)
 
-    def result(self) -> np.ndarray:
+    def coefficients(self) -> np.ndarray:
+        """The degraded maps (k coefficient maps with a basis, else the C bands); NaN where nodata reached an LR
+        pixel or no HR pixel covers it."""
         counts = self._op.counts
         with np.errstate(invalid="ignore", divide="ignore"):
             out = self._sums / counts
-        out[:, (counts == 0) | (self._nodata > 1e-9)] = np.nan
+        out[:, (counts == 0) | (self._nodata[0] > 1e-9)] = np.nan
         return out
+
+    def result(self) -> np.ndarray:
+        """The degraded cube ``D(B*X0)`` (C, h, w) (with a basis: its projection onto the subspace)."""
+        maps = self.coefficients()
+        return maps if self.basis is None else np.tensordot(self.basis, maps, axes=1)
 
     def lr_kernel(self) -> np.ndarray:
         """The LR-grid kernel of ``D·B·U`` (shift-invariant approximation, interior rows/columns averaged)."""
@@ -441,29 +485,44 @@ def null_space_projector(R: np.ndarray) -> np.ndarray:
     return np.eye(R.shape[1]) - R.T @ np.linalg.pinv(R @ R.T) @ R
 
 
-def spectral_subspace(lr_hsi: np.ndarray, rank: int = 20) -> np.ndarray:
-    """(C, rank) orthonormal basis of the LR-HSI's leading spectral components (SVD of its valid pixels).
+def spectral_subspace(lr_hsi: np.ndarray, rank: int = SUBSPACE_RANK) -> np.ndarray:
+    """(C, rank) orthonormal basis of the LR-HSI's leading spectral components (eigenvectors of the valid
+    pixels' Gram matrix, i.e. their leading left singular vectors, formed chunk by chunk).
 
     The LR residual is projected onto it before the solve: the network's errors are spectrally smooth and live in
     the span of the scene's spectra, while the sensor noise is white across bands, so the projection keeps the
     former and drops about ``1 - rank/C`` of the latter.
     """
-    pixels = np.asarray(lr_hsi, dtype=np.float64).reshape(np.shape(lr_hsi)[0], -1)
-    pixels = pixels[:, np.all(np.isfinite(pixels), axis=0)]
-    u, _, _ = np.linalg.svd(pixels, full_matrices=False)
-    return u[:, :min(int(rank), u.shape[1])]
+    cube = np.asarray(lr_hsi)
+    bands = cube.shape[0]
+    pixels = cube.reshape(bands, -1)
+    gram, n_valid = torch.zeros((bands, bands), dtype=torch.float64), 0
+    with torch.inference_mode():
+        for a in range(0, pixels.shape[1], _GRAM_CHUNK):  # no float64 copy of the whole cube
+            chunk = np.asarray(pixels[:, a:a + _GRAM_CHUNK], dtype=np.float64)
+            chunk = torch.from_numpy(chunk[:, np.all(np.isfinite(chunk), axis=0)])
+            gram += chunk @ chunk.T  # torch: rounds the same for a given torch thread count (see _TileCorrection)
+            n_valid += chunk.shape[1]
+        vectors = torch.linalg.eigh(gram)[1].numpy()  # ascending; the leading left singular vectors of the pixels
+    keep = min(int(rank), bands, max(n_valid, 1))
+    return np.ascontiguousarray(vectors[:, ::-1][:, :keep])
 
 
 @dataclass
 class Correction:
-    """Result of the LR solve, everything pass 2 needs: picklable, LR-sized.
+    """Result of the LR solve, everything pass 2 needs: picklable, LR-sized, kept as coefficient maps.
 
-    ``lr``: the correction ``e`` (C, h, w); ``degraded``: ``D(B*X0)`` (C, h, w), to treat dark pixels gently;
-    ``projector_rows``: (R, (RRᵀ)⁻¹R) so ``P v = v - Rᵀ((RRᵀ)⁻¹R v)`` costs 2·m·C per pixel.
+    The correction is ``e = lr_basis · lr_coefficients`` (C, h, w): it lies in the span of ``P·S`` (the LR-HSI's
+    leading components projected on R's null space), so ``lr_basis`` (C, k) orthonormal and k maps hold it
+    exactly, and pass 2 interpolates k maps instead of C bands. ``degraded_basis · degraded_coefficients`` is
+    ``D(B*X0)`` on the same subspace ``S``, used to treat dark pixels gently. ``response``: R, so that pass 2 can
+    project its damped correction on R's null space again.
     """
 
-    lr: np.ndarray
-    degraded: np.ndarray
+    lr_coefficients: np.ndarray
+    lr_basis: np.ndarray
+    degraded_coefficients: np.ndarray
+    degraded_basis: np.ndarray
     grid: GridPair
     response: np.ndarray
     regularization: float
@@ -472,34 +531,71 @@ class Correction:
     residual_after: float  # RMS of what the correction leaves of it, on the LR grid
     dark_fraction: float = 0.5
 
+    @classmethod
+    def from_cubes(cls, lr: np.ndarray, degraded: np.ndarray, grid: GridPair, response: np.ndarray,
+                   regularization: float, lr_kernel: np.ndarray, residual_before: float = float("nan"),
+                   residual_after: float = float("nan"), dark_fraction: float = 0.5) -> "Correction":
+        """A correction given as full (C, h, w) cubes (identity bases): for tests and hand-made corrections."""
+        eye = np.eye(np.shape(lr)[0], dtype=np.float32)
+        return cls(np.asarray(lr, np.float32), eye, np.asarray(degraded, np.float32), eye, grid,
+                   np.asarray(response, np.float64), float(regularization), np.asarray(lr_kernel),
+                   residual_before, residual_after, float(dark_fraction))
+
+    @property
+    def lr(self) -> np.ndarray:
+        """The correction ``e`` on the LR grid as a (C, h, w) cube."""
+        return np.tensordot(self.lr_basis, self.lr_coefficients, axes=1)
+
 
 def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray, lr_kernel: np.ndarray,
-                     grid: GridPair, *, regularization: float | None = None, subspace_rank: int | None = 20,
-                     dark_fraction: float = 0.5) -> Correction:
+                     grid: GridPair, *, regularization: float | None = None,
+                     subspace_rank: int | None = SUBSPACE_RANK, dark_fraction: float = 0.5,
+                     basis: np.ndarray | None = None) -> Correction:
     """Solve ``K ⊛ e ≈ P·S·(Y - D(B*X0))`` on the LR grid (Tikhonov; weight by GCV unless given).
 
-    ``degraded_x0`` and ``lr_kernel`` come from :class:`LowResAccumulator`. ``S`` projects onto the LR-HSI's
-    leading ``subspace_rank`` spectral components (None: no projection), ``P`` onto R's null space. LR pixels that
-    are NaN in either input carry no data (the correction there comes from the neighbours' through ``K``). The
-    problem is diagonal in the Fourier domain of the mirror-extended LR grid, so it costs a few FFTs of the LR cube,
-    and GCV (generalised cross-validation) picks the weight from the data without knowing the noise level.
+    ``degraded_x0`` and ``lr_kernel`` come from :class:`LowResAccumulator`: the (C, h, w) degraded cube, or, with
+    ``basis`` (the accumulator's (C, k) orthonormal basis), its k coefficient maps on it. ``S`` projects onto
+    ``basis`` if given, else onto the LR-HSI's leading ``subspace_rank`` spectral components (None: no
+    projection); ``P`` onto R's null space. LR pixels that are NaN in either input carry no data (the correction
+    there comes from the neighbours' through ``K``). The problem is diagonal in the Fourier domain of the
+    mirror-extended LR grid, so it costs a few FFTs of k coefficient maps (``P·S`` is applied as a k x k map onto
+    an orthonormal basis of its range, which keeps every norm), and GCV (generalised cross-validation) picks the
+    weight from the data without knowing the noise level.
     """
-    y = np.asarray(lr_hsi, dtype=np.float64)
-    x = np.asarray(degraded_x0, dtype=np.float64)
+    y = np.asarray(lr_hsi)
     R = np.asarray(R, dtype=np.float64)
-    if y.shape != x.shape or y.ndim != 3:
-        raise ModelError(f"The LR-HSI {y.shape} and the degraded network output {x.shape} must be the same "
-                         "(bands, rows, cols) shape.")
-    residual = y - x
+    bands = y.shape[0] if y.ndim == 3 else -1
+    if basis is None:
+        basis = spectral_subspace(y, subspace_rank) if subspace_rank is not None else np.eye(max(bands, 1))
+        x = np.asarray(degraded_x0, dtype=np.float64)
+        if y.shape != x.shape or y.ndim != 3:
+            raise ModelError(f"The LR-HSI {y.shape} and the degraded network output {x.shape} must be the same "
+                             "(bands, rows, cols) shape.")
+        degraded = np.tensordot(basis.T, x, axes=1)
+    else:
+        basis = np.asarray(basis, dtype=np.float64)
+        degraded = np.asarray(degraded_x0, dtype=np.float64)
+        if y.ndim != 3 or basis.shape[0] != bands or degraded.shape != (basis.shape[1], *y.shape[1:]):
+            raise ModelError(f"The LR-HSI {y.shape}, the spectral basis {basis.shape} and the degraded "
+                             f"coefficient maps {degraded.shape} do not fit together.")
+    h, w = y.shape[1:]
+    pixels = y.reshape(bands, h * w)
+    observed = np.empty((basis.shape[1], h * w))
+    reduce = torch.from_numpy(np.ascontiguousarray(basis.T))
+    with torch.inference_mode():
+        for a in range(0, h * w, _GRAM_CHUNK):  # float64 without a float64 copy of the whole LR-HSI
+            chunk = torch.from_numpy(np.asarray(pixels[:, a:a + _GRAM_CHUNK], dtype=np.float64))
+            observed[:, a:a + _GRAM_CHUNK] = (reduce @ chunk).numpy()
+    residual = observed.reshape(-1, h, w) - degraded
     valid = np.all(np.isfinite(residual), axis=0)
     if not valid.any():
         raise ModelError("No LR pixel is valid in both the LR-HSI and the degraded network output.")
-    residual = np.where(valid[None], residual, 0.0)
-    if subspace_rank is not None:
-        basis = spectral_subspace(y, subspace_rank)
-        residual = np.tensordot(basis, np.tensordot(basis.T, residual, axes=1), axes=1)
-    residual = _project_null(residual, R)
-    bands, h, w = residual.shape
+    residual[:, ~valid] = 0.0
+    # P·S in coordinates: P·basis = Q·M with Q (C, r) orthonormal, so the residual becomes r maps M·c
+    u, sv, vt = np.linalg.svd(null_space_projector(R) @ basis, full_matrices=False)
+    keep = sv > 1e-9 * max(float(sv[0]), 1e-300) if sv.size else np.zeros(0, bool)
+    q, mapping = u[:, keep], sv[keep, None] * vt[keep]
+    residual = np.tensordot(mapping, residual, axes=1)
     k = np.asarray(lr_kernel, dtype=np.float64)
     ky, kx = k.shape[0] // 2, k.shape[1] // 2
     # the mirror extension removes the FFT's wrap-around jump at the borders
@@ -537,27 +633,79 @@ def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray,
     inner = (slice(None), slice(pad_y, pad_y + h), slice(pad_x, pad_x + w))
     e = np.fft.irfft2(np.conj(K) * E / (power + lam), s=(H, W))[inner]
     fitted = np.fft.irfft2(power * E / (power + lam), s=(H, W))[inner]
-    before = float(np.sqrt(np.mean(residual[:, valid] ** 2)))
-    after = float(np.sqrt(np.mean((residual - fitted)[:, valid] ** 2)))
-    degraded = np.where(np.isfinite(x), x, np.nan_to_num(np.nanmean(x)) if np.isfinite(x).any() else 0.0)
-    return Correction(e.astype(np.float32), degraded.astype(np.float32), grid, R, lam, k, before, after,
-                      float(dark_fraction))
-
-
-def _project_null(cube: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """``P·v`` per pixel of a band-first cube, with ``P = I - Rᵀ(RRᵀ)⁻¹R``."""
-    back = np.linalg.pinv(R @ R.T) @ R  # (m, C)
-    return cube - np.tensordot(R.T, np.tensordot(back, cube, axes=1), axes=1)
+    scale = float(bands * valid.sum())  # RMS over all C bands, as if the cubes were expanded
+    before = math.sqrt(float(np.sum(residual[:, valid] ** 2)) / scale)
+    after = math.sqrt(float(np.sum((residual - fitted)[:, valid] ** 2)) / scale)
+    filled = np.isfinite(degraded)
+    fill = [float(np.mean(d[f])) if f.any() else 0.0 for d, f in zip(degraded, filled)]
+    degraded = np.where(filled, degraded, np.asarray(fill)[:, None, None])
+    return Correction(e.astype(np.float32), q.astype(np.float32), degraded.astype(np.float32),
+                      basis.astype(np.float32), grid, R, lam, k, before, after, float(dark_fraction))
 
 
 # ----------------------------------------------------------------------------------------------- pass 2
-def _interpolate(grid: GridPair, lr: np.ndarray, row_off: int, col_off: int, rows: int, cols: int) -> np.ndarray:
-    uy = grid.axis("y").interpolation(np.arange(row_off, row_off + rows))
-    ux = grid.axis("x").interpolation(np.arange(col_off, col_off + cols))
-    lr = np.asarray(lr, dtype=np.float64)
-    bands, h, w = lr.shape
-    step = np.asarray(uy @ lr.transpose(1, 0, 2).reshape(h, bands * w)).reshape(rows * bands, w)
-    return np.asarray((ux @ step.T).T).reshape(rows, bands, cols).transpose(1, 0, 2)
+def _interpolate(grid: GridPair, maps: list[np.ndarray], row_off: int, col_off: int, rows: int,
+                 cols: int) -> np.ndarray:
+    """Cubic interpolation of LR maps (each (k_i, h, w)) to an HR tile: (Σk_i, rows, cols) float32.
+
+    Separable, columns then rows, each output pixel the sum of its own four taps in a fixed order: a pixel's
+    value does not depend on how the output is cut into tiles (``geolift batch`` must write what ``geolift
+    fuse`` writes, bit for bit), and only the LR rows and columns the tile reaches are read.
+    """
+    iy, wy = grid.axis("y").cubic_taps(np.arange(row_off, row_off + rows))
+    ix, wx = grid.axis("x").cubic_taps(np.arange(col_off, col_off + cols))
+    y0, x0 = int(iy.min()), int(ix.min())
+    iy, ix = iy - y0, ix - x0
+    wy, wx = wy.astype(np.float32), wx.astype(np.float32)
+    lr = np.concatenate([m[:, y0:int(iy.max()) + y0 + 1, x0:int(ix.max()) + x0 + 1] for m in maps])
+    lr = lr.astype(np.float32, copy=False)
+    across = lr[:, :, ix[:, 0]] * wx[:, 0]  # (K, h, cols)
+    for t in range(1, 4):
+        across += lr[:, :, ix[:, t]] * wx[:, t]
+    out = across[:, iy[:, 0], :] * wy[:, 0, None]  # (K, rows, cols)
+    for t in range(1, 4):
+        out += across[:, iy[:, t], :] * wy[:, t, None]
+    return out
+
+
+_PASS2_CHUNK_PIXELS = 2048  # pixels per step of pass 2's per-pixel work: C x this float32 stays in cache
+
+
+class _TileCorrection:
+    """Pass 2's per-pixel work on one tile, in row chunks small enough to stay in the CPU cache.
+
+    The products and element-wise steps run in torch, on its CPU threads (one by default in the pipeline,
+    see ``geolift.model.torch_threads``): numpy's BLAS would start its own thread pool, which competes with
+    GDAL's compression threads for the same cores.
+    """
+
+    def __init__(self, correction: Correction, x0: np.ndarray, row_off: int, col_off: int):
+        self.bands, self.rows, self.cols = x0.shape
+        self.damp = correction.dark_fraction > 0
+        maps = [correction.lr_coefficients] + ([correction.degraded_coefficients] if self.damp else [])
+        self.coef = torch.from_numpy(_interpolate(correction.grid, maps, row_off, col_off, self.rows, self.cols))
+        self.k = correction.lr_coefficients.shape[0]
+        self.lr_basis = torch.from_numpy(np.asarray(correction.lr_basis, dtype=np.float32))
+        self.local_basis = torch.from_numpy((correction.dark_fraction * correction.degraded_basis).astype(np.float32))
+        R = np.asarray(correction.response, dtype=np.float64)
+        self.back = torch.from_numpy((np.linalg.pinv(R @ R.T) @ R).astype(np.float32))  # P v = v - Rᵀ (back v)
+        self.forward = torch.from_numpy(np.ascontiguousarray(R.T, dtype=np.float32))
+        self.step = max(1, _PASS2_CHUNK_PIXELS // max(self.cols, 1))
+
+    def chunks(self):
+        for a in range(0, self.rows, self.step):
+            yield slice(a, min(self.rows, a + self.step))
+
+    def delta(self, x0_rows: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The correction (C, n) for ``x0_rows`` (C, n), the tile's ``rows`` flattened."""
+        coef = self.coef[:, rows].reshape(self.coef.shape[0], -1)
+        delta = torch.mm(self.lr_basis, coef[:self.k])
+        if self.damp:
+            local = torch.mm(self.local_basis, coef[self.k:])
+            scale = torch.div(x0_rows, local).masked_fill_(local <= 0, 1.0).clamp_(0.0, 1.0)
+            delta.mul_(scale.masked_fill_(delta <= 0, 1.0))  # only brightening corrections are damped
+            delta.sub_(torch.mm(self.forward, torch.mm(self.back, delta)))  # back onto R's null space
+        return delta
 
 
 def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: int, col_off: int) -> np.ndarray:
@@ -571,26 +719,42 @@ def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: in
     clips it there), which is what blur-mixed training pixels make the network get wrong.
     Then the correction is projected
     onto R's null space again, so ``R·(x0 + correction) = R·x0`` per pixel. NaN pixels of ``x0_tile`` give NaN.
+    Works on coefficient maps (see :class:`Correction`) in float32.
     """
-    x0_tile = np.asarray(x0_tile, dtype=np.float64)
-    _, rows, cols = x0_tile.shape
-    delta = _interpolate(correction.grid, correction.lr, row_off, col_off, rows, cols)
-    if correction.dark_fraction > 0:
-        local = correction.dark_fraction * _interpolate(correction.grid, correction.degraded, row_off, col_off,
-                                                        rows, cols)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scale = np.clip(np.where(local > 0, x0_tile / local, 1.0), 0.0, 1.0)
-        damped = np.where(delta > 0, delta * np.nan_to_num(scale, nan=0.0), delta)
-        delta = _project_null(damped, correction.response)
-    delta[:, ~np.all(np.isfinite(x0_tile), axis=0)] = np.nan
-    return delta.astype(np.float32)
+    x0 = np.asarray(x0_tile, dtype=np.float32)
+    work = _TileCorrection(correction, x0, row_off, col_off)
+    out = np.empty(x0.shape, dtype=np.float32)
+    with torch.inference_mode():
+        for rows in work.chunks():
+            x = np.ascontiguousarray(x0[:, rows]).reshape(work.bands, -1)
+            delta = work.delta(torch.from_numpy(x), rows).numpy()
+            delta[:, ~np.all(np.isfinite(x), axis=0)] = np.nan
+            out[:, rows] = delta.reshape(work.bands, -1, work.cols)
+    return out
+
+
+def add_correction(correction: Correction, tile: np.ndarray, row_off: int, col_off: int,
+                   value_range: tuple[float, float] | None = None) -> None:
+    """``tile += correction_for_tile(...)`` in place, then clip to ``value_range``: pass 2 without a
+    tile-sized temporary, every step on cache-sized chunks. ``tile`` must be a C-contiguous float32
+    (C, rows, cols) array; its NaN pixels stay NaN."""
+    if tile.dtype != np.float32 or not tile.flags.c_contiguous:
+        raise ModelError("add_correction needs a C-contiguous float32 (bands, rows, cols) tile.")
+    work = _TileCorrection(correction, tile, row_off, col_off)
+    whole = torch.from_numpy(tile)
+    with torch.inference_mode():
+        for rows in work.chunks():
+            x = whole[:, rows].reshape(work.bands, -1)  # a view: whole rows of a contiguous tile
+            x.add_(work.delta(x, rows))  # NaN pixels stay NaN
+            if value_range is not None:
+                x.clamp_(value_range[0], value_range[1])
 
 
 # ----------------------------------------------------------------------------------------------- in memory
 def refine(x0: np.ndarray, lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, ratio: float | None = None, *,
            grid: GridPair | None = None, psf: PSFEstimate | None = None,
            value_range: tuple[float, float] | None = None, regularization: float | None = None,
-           subspace_rank: int | None = 20, dark_fraction: float = 0.5,
+           subspace_rank: int | None = SUBSPACE_RANK, dark_fraction: float = 0.5,
            families: tuple[str, ...] = ("gaussian",)) -> tuple[np.ndarray, PSFEstimate, Correction]:
     """In-memory refinement of the network's output ``x0`` (C, H, W): both passes on one tile.
 
@@ -604,10 +768,15 @@ def refine(x0: np.ndarray, lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray
     grid = _grid_for(grid, ratio, np.shape(lr_hsi)[1:], x0.shape[1:])
     if psf is None:
         psf = estimate_psf(lr_hsi, hr_msi, R, grid, families=families)
-    acc = LowResAccumulator(grid, psf, x0.shape[0])
+    basis = spectral_subspace(lr_hsi, subspace_rank) if subspace_rank is not None else None
+    acc = LowResAccumulator(grid, psf, x0.shape[0], basis=basis)
     acc.add_tile(x0, 0, 0)
-    corr = solve_correction(lr_hsi, acc.result(), R, acc.lr_kernel(), grid, regularization=regularization,
-                            subspace_rank=subspace_rank, dark_fraction=dark_fraction)
+    if basis is None:
+        corr = solve_correction(lr_hsi, acc.result(), R, acc.lr_kernel(), grid, regularization=regularization,
+                                subspace_rank=None, dark_fraction=dark_fraction)
+    else:
+        corr = solve_correction(lr_hsi, acc.coefficients(), R, acc.lr_kernel(), grid, basis=basis,
+                                regularization=regularization, dark_fraction=dark_fraction)
     x = x0 + correction_for_tile(corr, x0, 0, 0)
     if value_range is not None:
         np.clip(x, value_range[0], value_range[1], out=x)

@@ -220,6 +220,20 @@ def test_blockwise_prediction_equals_whole(fitted, scene):
     np.testing.assert_array_equal(small_chunks.predict(hr), whole)
 
 
+def test_band_first_inference_is_bit_identical_to_forward():
+    """predict_into (in-place activations, output written straight into a strided band-first view) must compute
+    exactly what the training-time forward computes."""
+    net = SpectraLiftMLP(4, 30, generator=torch.Generator().manual_seed(3))
+    x = torch.rand(700, 4, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = net(x).T.numpy()
+    image = np.full((30, 1000), np.nan, np.float32)  # a band-first image; the pixels go into columns 200..899
+    with torch.inference_mode():
+        net.predict_into(x, torch.from_numpy(image[:, 200:900]))
+    np.testing.assert_array_equal(image[:, 200:900], expected)
+    assert np.isnan(image[:, :200]).all() and np.isnan(image[:, 900:]).all()  # nothing written outside the view
+
+
 # ---------------------------------------------------------------- NaN handling
 def test_nan_pixels_are_excluded_from_training(scene):
     cube, R, _ = scene

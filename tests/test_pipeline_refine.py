@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -157,6 +158,44 @@ def test_pipelined_keeps_order_and_raises_worker_errors_in_the_caller():
         for item, _ in pipelined(fail_at_3, range(10)):
             got.append(item)
     assert got == [0, 1, 2]
+    assert not any(t.name == "geolift-predict" for t in threading.enumerate())
+
+
+def test_pipelined_with_several_workers_keeps_order_and_bounds_the_look_ahead():
+    """Pass 1 predicts on several threads: results still come in order, no item starts more than
+    workers + depth places ahead of the consumer (memory stays bounded), and errors arrive in order."""
+    lock = threading.Lock()
+    consumed = {"n": 0}
+    ahead = []
+    threads = set()
+
+    def slow_square(i):
+        with lock:
+            ahead.append(i - consumed["n"])
+            threads.add(threading.current_thread().name)
+        time.sleep(0.002 * (i % 3))  # later items often finish first
+        return i * i
+
+    got = []
+    for i, value in pipelined(slow_square, range(40), depth=1, workers=3):
+        got.append(value)
+        with lock:
+            consumed["n"] = i + 1
+    assert got == [i * i for i in range(40)]
+    assert max(ahead) <= 3 + 1 and max(ahead) >= 2  # the workers really ran ahead, within the bound
+    assert threads == {"geolift-predict"}
+
+    def fail_at_5(i):
+        time.sleep(0.001 * (7 - i % 7))
+        if i == 5:
+            raise ValueError("boom at 5")
+        return i
+
+    seen = []
+    with pytest.raises(ValueError, match="boom at 5"):
+        for item, _ in pipelined(fail_at_5, range(30), workers=3):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
     assert not any(t.name == "geolift-predict" for t in threading.enumerate())
 
 

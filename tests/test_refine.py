@@ -113,13 +113,109 @@ def test_streamed_two_pass_tiles_equal_in_memory(synthetic_case):
     assert np.isfinite(streamed[:, 20:, :]).all()
 
 
+def test_spectral_subspace_spans_the_leading_singular_vectors(synthetic_case, monkeypatch):
+    """The basis is formed chunk by chunk from the Gram matrix (no float64 copy of the LR-HSI); it must span
+    what the SVD of the valid pixels gives, whatever the chunking and with nodata pixels left out."""
+    lr = synthetic_case["lr"].copy()
+    lr[:, 3, 4] = np.nan
+    lr[5, 10, 11] = np.inf
+    pixels = lr.reshape(lr.shape[0], -1).astype(np.float64)
+    pixels = pixels[:, np.all(np.isfinite(pixels), axis=0)]
+    u = np.linalg.svd(pixels, full_matrices=False)[0][:, :6]
+    monkeypatch.setattr(rf, "_GRAM_CHUNK", 37)  # many chunks, the last one partial
+    basis = rf.spectral_subspace(lr, 6)
+    assert basis.shape == (lr.shape[0], 6)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(6), atol=1e-10)
+    np.testing.assert_allclose(basis @ basis.T, u @ u.T, atol=1e-6)
+    assert rf.spectral_subspace(lr[:, :1, :3], 20).shape[1] == 3  # never more components than valid pixels
+
+
+def test_accumulating_on_a_basis_equals_projecting_the_full_accumulator(synthetic_case):
+    c = synthetic_case
+    x0 = c["x0"].copy()
+    x0[:, 30:33, 41:45] = np.nan
+    psf = rf.PSFEstimate("gaussian", c["sigma"], boundary="nearest")
+    basis = rf.spectral_subspace(c["lr"], 8)
+    full = rf.LowResAccumulator(c["grid"], psf, x0.shape[0])
+    reduced = rf.LowResAccumulator(c["grid"], psf, x0.shape[0], basis=basis)
+    for r0, r1 in [(0, 50), (50, 96)]:
+        full.add_tile(x0[:, r0:r1], r0, 0)
+        reduced.add_maps(reduced.reduce(x0[:, r0:r1]), r0, 0)
+    expected = np.tensordot(basis.T, full.result(), axes=1)
+    got = reduced.coefficients()
+    assert got.shape == (8, *c["grid"].lr_shape)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))  # nodata reaches the same LR pixels
+    assert np.isnan(got).any() and np.isfinite(got).any()
+    np.testing.assert_allclose(got[np.isfinite(got)], expected[np.isfinite(expected)], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(reduced.result(), np.tensordot(basis, got, axes=1))
+    with pytest.raises(ModelError, match="basis"):
+        rf.LowResAccumulator(c["grid"], psf, x0.shape[0], basis=basis[:5])
+
+
+def test_solving_on_coefficient_maps_equals_solving_on_the_full_cube(synthetic_case):
+    """The pipeline's path (k coefficient maps) and the full-cube path give the same correction, and the
+    residual figures are the RMS of the expanded C-band cubes (the coefficient maps keep every norm)."""
+    c = synthetic_case
+    psf = rf.PSFEstimate("gaussian", c["sigma"], boundary="nearest")
+    basis = rf.spectral_subspace(c["lr"])
+    full = rf.LowResAccumulator(c["grid"], psf, c["x0"].shape[0])
+    full.add_tile(c["x0"], 0, 0)
+    reduced = rf.LowResAccumulator(c["grid"], psf, c["x0"].shape[0], basis=basis)
+    reduced.add_tile(c["x0"], 0, 0)
+    from_cube = rf.solve_correction(c["lr"], full.result(), c["R"], full.lr_kernel(), c["grid"])
+    from_maps = rf.solve_correction(c["lr"], reduced.coefficients(), c["R"], reduced.lr_kernel(), c["grid"],
+                                    basis=basis)
+    assert from_maps.lr_coefficients.shape[0] <= basis.shape[1]  # k maps, not C bands
+    assert from_maps.regularization == pytest.approx(from_cube.regularization, rel=1e-4)
+    np.testing.assert_allclose(from_maps.lr, from_cube.lr, atol=1e-6)
+    # residual_before is the RMS over all bands of P·S·(Y - D(B*X0)), computed here band by band
+    P = rf.null_space_projector(c["R"])
+    projected = np.tensordot(P @ basis @ basis.T, c["lr"].astype(np.float64) - full.result(), axes=1)
+    assert from_maps.residual_before == pytest.approx(float(np.sqrt(np.mean(projected ** 2))), rel=1e-6)
+    assert from_maps.residual_after < from_maps.residual_before
+    with pytest.raises(ModelError, match="do not fit together"):
+        rf.solve_correction(c["lr"], reduced.coefficients()[:3], c["R"], reduced.lr_kernel(), c["grid"],
+                            basis=basis)
+
+
+def test_add_correction_in_place_equals_correction_for_tile_then_clip(synthetic_case):
+    c = synthetic_case
+    x0 = c["x0"].copy()
+    x0[:, 40:42, 10:13] = np.nan
+    _, _, corr = rf.refine(x0, c["lr"], c["msi"], c["R"], c["ratio"])
+    tile = np.ascontiguousarray(x0[:, 17:70, 5:90])
+    expected = np.clip(tile + rf.correction_for_tile(corr, tile, 17, 5), 0.2, 0.6)
+    rf.add_correction(corr, tile, 17, 5, (0.2, 0.6))
+    np.testing.assert_allclose(tile, expected, rtol=0, atol=1e-6)
+    assert np.isnan(tile[:, 23:25, 5:8]).all() and np.isfinite(tile[:, 30:]).all()
+    assert (tile[np.isfinite(tile)] <= 0.6).all() and (tile[np.isfinite(tile)] >= 0.2).all()
+    with pytest.raises(ModelError, match="float32"):
+        rf.add_correction(corr, tile.astype(np.float64), 17, 5)
+
+
+def test_pass_2_is_bit_identical_however_the_output_is_tiled(synthetic_case):
+    """geolift batch cuts a scene into other tiles than geolift fuse and must write the same pixels, bit for bit."""
+    c = synthetic_case
+    _, _, corr = rf.refine(c["x0"], c["lr"], c["msi"], c["R"], c["ratio"])
+    whole = c["x0"].copy()
+    rf.add_correction(corr, whole, 0, 0, (0.0, 1.0))
+    tiled = c["x0"].copy()
+    for r0, r1 in [(0, 1), (1, 30), (30, 96)]:
+        for c0, c1 in [(0, 7), (7, 8), (8, 96)]:
+            tile = np.ascontiguousarray(tiled[:, r0:r1, c0:c1])
+            rf.add_correction(corr, tile, r0, c0, (0.0, 1.0))
+            tiled[:, r0:r1, c0:c1] = tile
+    np.testing.assert_array_equal(tiled, whole)
+    assert not np.array_equal(whole, c["x0"])
+
+
 def test_dark_pixels_damp_only_brightening_corrections():
     """On a pixel darker than half its LR neighbourhood, a brightening correction is scaled by its relative
     brightness (noise added to near-zero bands is what ruins the spectral angle); a darkening one passes whole."""
     grid = rf.GridPair.aligned((4, 4), 2)
     R = np.array([[1.0, 0.0, 0.0]])  # the MSI sees band 0 only: the correction below lies in R's null space
     lr = np.broadcast_to(np.array([0.0, 0.2, -0.2], np.float32)[:, None, None], (3, 4, 4)).copy()
-    corr = rf.Correction(lr, np.ones((3, 4, 4), np.float32), grid, R, 1.0, np.ones((1, 1)), 0.0, 0.0,
+    corr = rf.Correction.from_cubes(lr, np.ones((3, 4, 4), np.float32), grid, R, 1.0, np.ones((1, 1)), 0.0, 0.0,
                          dark_fraction=0.5)
     x0 = np.ones((3, 8, 8), np.float32)
     x0[:, 2, 3] = 0.1  # a dark pixel (water) in a bright neighbourhood
@@ -167,7 +263,7 @@ def test_general_geometry_non_integer_ratio_with_offset_origins():
     np.testing.assert_allclose(got[:, covered], expected[:, covered], rtol=1e-6, atol=1e-7)
     assert np.all(np.isnan(got[:, ~covered]))
     # pass 2 on the same geometry: interpolation reproduces a constant correction exactly
-    flat = rf.Correction(np.full((3, *lr_shape), 0.5, np.float32), np.ones((3, *lr_shape), np.float32), grid,
+    flat = rf.Correction.from_cubes(np.full((3, *lr_shape), 0.5, np.float32), np.ones((3, *lr_shape), np.float32), grid,
                          np.ones((1, 3)) / 3, 1.0, np.ones((1, 1)), 0.0, 0.0, dark_fraction=0.0)
     np.testing.assert_allclose(rf.correction_for_tile(flat, hr[:, 5:20, 7:30], 5, 7), 0.5, atol=1e-6)
 
