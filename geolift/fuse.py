@@ -395,25 +395,35 @@ def prepare_fusion(
     )
     if model.consistency:
         with torch_threads(options.torch_threads):
-            plan.correction = consistency_correction(plan, lr_hsi, progress)
+            observation = observe_low_res(plan, lr_hsi)
+            del lr_hsi  # from here on its coefficient maps stand for it (a full EnMAP scene: 0.8 GB -> 160 MB)
+            if observation is not None:
+                plan.correction = consistency_correction(plan, observation, progress)
     else:
         report.refine_note = f"the {model.preset} preset does not include the consistency step"
     return plan
 
 
-def consistency_correction(plan: FusionPlan, lr_hsi: np.ndarray, progress: Progress | None = None
-                           ) -> rf.Correction | None:
-    """Pass 1 of the consistency step on the plan's grids; None (with a warning) where it cannot apply.
+@dataclass
+class LowResObservation:
+    """What the consistency step keeps of the LR-HSI once training is done: the blur estimated from the data,
+    the scene's spectral basis and the LR-HSI's coefficient maps on it (NaN where it has no data)."""
 
-    Estimates the blur on a central window of at most :data:`PSF_WINDOW` pixels, predicts every output
-    window once (the worker thread predicts the next window while this one is degraded onto the HSI
-    grid), and solves the LR correction. ``lr_hsi`` is the HSI's good bands on ``plan.hsi_grid``.
-    Records the outcome in ``plan.report``.
+    grid: rf.GridPair
+    psf: rf.PSFEstimate
+    basis: np.ndarray  # (C, k) orthonormal
+    coefficients: np.ndarray  # (k, h, w) float64
+    started: float  # perf_counter() when the consistency step began
+
+
+def observe_low_res(plan: FusionPlan, lr_hsi: np.ndarray) -> LowResObservation | None:
+    """The consistency step's view of the LR-HSI; None (with a warning) where the step cannot apply.
+
+    Estimates the blur on a central window of at most :data:`PSF_WINDOW` pixels and reduces ``lr_hsi`` (the
+    HSI's good bands on ``plan.hsi_grid``) to its coefficient maps, so the caller can drop the cube before pass 1.
     """
     report = plan.report
     started = time.perf_counter()
-    height, width = plan.grid.height, plan.grid.width
-    lr_transform = plan.hsi_grid.transform
     if plan.hsi_grid.crs != plan.grid.crs:
         # Tried: the LR-HSI resampled onto a grid in the MSI's CRS. Resampling changes the LR pixels' footprints
         # so they no longer match D(B*X), and on the Wald case in EPSG:4326 the correction made things worse
@@ -422,7 +432,8 @@ def consistency_correction(plan: FusionPlan, lr_hsi: np.ndarray, progress: Progr
                                     "different CRSs; the consistency step needs both on one CRS (reproject the "
                                     "HSI onto the MSI's CRS beforehand to use it)")
     try:
-        grid = rf.GridPair(plan.grid.transform, (height, width), lr_transform, plan.hsi_grid.shape)
+        grid = rf.GridPair(plan.grid.transform, (plan.grid.height, plan.grid.width), plan.hsi_grid.transform,
+                           plan.hsi_grid.shape)
     except AlignmentError as exc:
         return _skip_refine(report, str(exc).rstrip("."))
     try:
@@ -433,10 +444,19 @@ def consistency_correction(plan: FusionPlan, lr_hsi: np.ndarray, progress: Progr
                   "boundary": psf.boundary, "misfit": psf.residual}
     log.info("Blur estimated from the data: %s, FWHM %.2f output px (%s border), misfit %.3g.",
              psf.family, psf.fwhm, psf.boundary, psf.residual)
-
     basis = rf.spectral_subspace(lr_hsi, rf.SUBSPACE_RANK)
-    accumulator = rf.LowResAccumulator(grid, psf, n_bands=int(plan.hsi.good_bands.sum()), basis=basis)
-    windows = list(block_windows(width, height, plan.options.tile_size))
+    return LowResObservation(grid, psf, basis, rf.lr_coefficients(lr_hsi, basis), started)
+
+
+def consistency_correction(plan: FusionPlan, observation: LowResObservation, progress: Progress | None = None
+                           ) -> rf.Correction | None:
+    """Pass 1 of the consistency step: predict every output window once (on :func:`prediction_workers`
+    threads, each window reduced strip by strip to the basis coefficients and degraded onto the HSI grid), then
+    solve the LR correction. None (with a warning) where the solve fails; the outcome goes to ``plan.report``.
+    """
+    report, grid, basis = plan.report, observation.grid, observation.basis
+    accumulator = rf.LowResAccumulator(grid, observation.psf, n_bands=basis.shape[0], basis=basis)
+    windows = list(block_windows(plan.grid.width, plan.grid.height, plan.options.tile_size))
 
     def network_maps(window: Window) -> np.ndarray:
         """The window's network output reduced to the basis coefficients, strip by strip (small in memory)."""
@@ -448,15 +468,15 @@ def consistency_correction(plan: FusionPlan, lr_hsi: np.ndarray, progress: Progr
         accumulator.add_maps(maps, int(window.row_off), int(window.col_off))
         _tick(progress, i + 1, 2 * len(windows), "write")  # pass 1 is the first half of the write stage
     try:
-        correction = rf.solve_correction(lr_hsi, accumulator.coefficients(), plan.response, accumulator.lr_kernel(),
-                                         grid, basis=basis)
+        correction = rf.solve_on_basis(observation.coefficients, accumulator.coefficients(in_place=True), basis,
+                                       plan.response, accumulator.lr_kernel(), grid)
     except ModelError as exc:
         return _skip_refine(report, str(exc).rstrip("."))
     report.refined = True
     report.refine_regularization = float(correction.regularization)
     report.refine_residual_before = float(correction.residual_before)
     report.refine_residual_after = float(correction.residual_after)
-    report.refine_seconds = time.perf_counter() - started
+    report.refine_seconds = time.perf_counter() - observation.started
     log.info("Consistency step prepared in %.1f s (LR residual RMS %.4g -> %.4g).", report.refine_seconds,
              correction.residual_before, correction.residual_after)
     return correction

@@ -399,6 +399,7 @@ class LowResAccumulator:
         maps = self.n_bands if self.basis is None else self.basis.shape[1]
         self._sums = np.zeros((maps, *grid.lr_shape))
         self._nodata = np.zeros((1, *grid.lr_shape))
+        self._finished = False  # set once coefficients(in_place=True) has divided the sums
 
     def add_tile(self, x0_tile: np.ndarray, row_off: int, col_off: int) -> None:
         self.add_maps(self.reduce(x0_tile), row_off, col_off)
@@ -420,6 +421,7 @@ class LowResAccumulator:
 
     def add_maps(self, maps: np.ndarray, row_off: int, col_off: int) -> None:
         """Add a tile's :meth:`reduce` result at HR offset (row_off, col_off)."""
+        self._check_open()
         maps = np.asarray(maps, dtype=np.float64)
         if maps.ndim != 3 or maps.shape[0] != self._sums.shape[0]:
             raise ModelError(f"Maps must be a ({self._sums.shape[0]}, rows, cols) array, got {maps.shape}.")
@@ -434,12 +436,20 @@ class LowResAccumulator:
             self._op.sums((~finite)[None].astype(np.float64), rows, cols, out=self._nodata)
         self._op.sums(maps, rows, cols, out=self._sums)
 
-    def coefficients(self) -> np.ndarray:
+    def _check_open(self) -> None:
+        if self._finished:
+            raise ModelError("This accumulator's sums were already divided into coefficients in place; "
+                             "it takes no more tiles.")
+
+    def coefficients(self, in_place: bool = False) -> np.ndarray:
         """The degraded maps (k coefficient maps with a basis, else the C bands); NaN where nodata reached an LR
-        pixel or no HR pixel covers it."""
+        pixel or no HR pixel covers it. ``in_place`` divides the sums where they lie instead of in a copy as
+        large as the maps (a full EnMAP grid: 160 MB); the accumulator then takes no more tiles."""
+        self._check_open()
         counts = self._op.counts
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = self._sums / counts
+            out = np.divide(self._sums, counts, out=self._sums if in_place else None)
+        self._finished = in_place
         out[:, (counts == 0) | (self._nodata[0] > 1e-9)] = np.nan
         return out
 
@@ -547,23 +557,46 @@ class Correction:
         return np.tensordot(self.lr_basis, self.lr_coefficients, axes=1)
 
 
+def _map_in_place(mapping: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """``mapping @ maps`` over the map axis for an (r, k) ``mapping`` with r <= k, written over the first r
+    of the (k, h, w) ``maps`` a column chunk at a time (no second array as large as the maps)."""
+    r = mapping.shape[0]
+    flat = maps.reshape(maps.shape[0], -1)
+    for a in range(0, flat.shape[1], _GRAM_CHUNK):
+        flat[:r, a:a + _GRAM_CHUNK] = mapping @ flat[:, a:a + _GRAM_CHUNK]
+    return maps[:r]
+
+
+def lr_coefficients(lr_hsi: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """The LR-HSI's (k, h, w) float64 coefficient maps on an orthonormal (C, k) ``basis`` (NaN where a band is),
+    formed in chunks: a caller can keep these and let go of the cube (a full EnMAP scene: 0.8 GB -> 160 MB)."""
+    y = np.asarray(lr_hsi)
+    basis = np.asarray(basis, dtype=np.float64)
+    if y.ndim != 3 or basis.ndim != 2 or basis.shape[0] != y.shape[0]:
+        raise ModelError(f"The LR-HSI {y.shape} and the spectral basis {basis.shape} do not fit together.")
+    bands, h, w = y.shape
+    pixels = y.reshape(bands, h * w)
+    observed = np.empty((basis.shape[1], h * w))
+    reduce = torch.from_numpy(np.ascontiguousarray(basis.T))
+    with torch.inference_mode():
+        for a in range(0, h * w, _GRAM_CHUNK):  # float64 without a float64 copy of the whole LR-HSI
+            chunk = torch.from_numpy(np.asarray(pixels[:, a:a + _GRAM_CHUNK], dtype=np.float64))
+            observed[:, a:a + _GRAM_CHUNK] = (reduce @ chunk).numpy()
+    return observed.reshape(-1, h, w)
+
+
 def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray, lr_kernel: np.ndarray,
                      grid: GridPair, *, regularization: float | None = None,
                      subspace_rank: int | None = SUBSPACE_RANK, dark_fraction: float = 0.5,
                      basis: np.ndarray | None = None) -> Correction:
-    """Solve ``K ⊛ e ≈ P·S·(Y - D(B*X0))`` on the LR grid (Tikhonov; weight by GCV unless given).
+    """Solve ``K ⊛ e ≈ P·S·(Y - D(B*X0))`` on the LR grid from the whole LR-HSI cube ``Y``.
 
     ``degraded_x0`` and ``lr_kernel`` come from :class:`LowResAccumulator`: the (C, h, w) degraded cube, or, with
     ``basis`` (the accumulator's (C, k) orthonormal basis), its k coefficient maps on it. ``S`` projects onto
     ``basis`` if given, else onto the LR-HSI's leading ``subspace_rank`` spectral components (None: no
-    projection); ``P`` onto R's null space. LR pixels that are NaN in either input carry no data (the correction
-    there comes from the neighbours' through ``K``). The problem is diagonal in the Fourier domain of the
-    mirror-extended LR grid, so it costs a few FFTs of k coefficient maps (``P·S`` is applied as a k x k map onto
-    an orthonormal basis of its range, which keeps every norm), and GCV (generalised cross-validation) picks the
-    weight from the data without knowing the noise level.
+    projection). See :func:`solve_on_basis`, which this calls with the cube's coefficient maps.
     """
     y = np.asarray(lr_hsi)
-    R = np.asarray(R, dtype=np.float64)
     bands = y.shape[0] if y.ndim == 3 else -1
     if basis is None:
         basis = spectral_subspace(y, subspace_rank) if subspace_rank is not None else np.eye(max(bands, 1))
@@ -578,15 +611,34 @@ def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray,
         if y.ndim != 3 or basis.shape[0] != bands or degraded.shape != (basis.shape[1], *y.shape[1:]):
             raise ModelError(f"The LR-HSI {y.shape}, the spectral basis {basis.shape} and the degraded "
                              f"coefficient maps {degraded.shape} do not fit together.")
-    h, w = y.shape[1:]
-    pixels = y.reshape(bands, h * w)
-    observed = np.empty((basis.shape[1], h * w))
-    reduce = torch.from_numpy(np.ascontiguousarray(basis.T))
-    with torch.inference_mode():
-        for a in range(0, h * w, _GRAM_CHUNK):  # float64 without a float64 copy of the whole LR-HSI
-            chunk = torch.from_numpy(np.asarray(pixels[:, a:a + _GRAM_CHUNK], dtype=np.float64))
-            observed[:, a:a + _GRAM_CHUNK] = (reduce @ chunk).numpy()
-    residual = observed.reshape(-1, h, w) - degraded
+    return solve_on_basis(lr_coefficients(y, basis), degraded, basis, R, lr_kernel, grid,
+                          regularization=regularization, dark_fraction=dark_fraction)
+
+
+def solve_on_basis(observed: np.ndarray, degraded: np.ndarray, basis: np.ndarray, R: np.ndarray,
+                   lr_kernel: np.ndarray, grid: GridPair, *, regularization: float | None = None,
+                   dark_fraction: float = 0.5) -> Correction:
+    """Solve ``K ⊛ e ≈ P·S·(Y - D(B*X0))`` from the k coefficient maps of ``Y`` (``observed``, from
+    :func:`lr_coefficients`) and of ``D(B*X0)`` (``degraded``) on the orthonormal (C, k) ``basis``.
+
+    ``P`` projects onto R's null space. LR pixels that are NaN in either input carry no data (the correction
+    there comes from the neighbours' through ``K``). The problem is diagonal in the Fourier domain of the
+    mirror-extended LR grid, so it costs a few FFTs of k coefficient maps, one map at a time (``P·S`` is applied
+    as a k x k map onto an orthonormal basis of its range, which keeps every norm), and GCV (generalised
+    cross-validation) picks the weight from the data without knowing the noise level. ``observed`` is
+    overwritten (it becomes the residual).
+    """
+    R = np.asarray(R, dtype=np.float64)
+    basis = np.asarray(basis, dtype=np.float64)
+    degraded = np.asarray(degraded, dtype=np.float64)
+    observed = np.asarray(observed, dtype=np.float64)
+    if (basis.ndim != 2 or observed.ndim != 3 or observed.shape != degraded.shape
+            or observed.shape[0] != basis.shape[1] or observed.shape[1:] != tuple(grid.lr_shape)):
+        raise ModelError(f"The observed {observed.shape} and degraded {degraded.shape} coefficient maps, the "
+                         f"spectral basis {basis.shape} and the LR grid {tuple(grid.lr_shape)} do not fit together.")
+    bands, (h, w) = basis.shape[0], observed.shape[1:]
+    residual = observed.reshape(-1, h, w)
+    residual -= degraded  # in place: the k maps are as large as a 20-band LR cube
     valid = np.all(np.isfinite(residual), axis=0)
     if not valid.any():
         raise ModelError("No LR pixel is valid in both the LR-HSI and the degraded network output.")
@@ -595,13 +647,12 @@ def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray,
     u, sv, vt = np.linalg.svd(null_space_projector(R) @ basis, full_matrices=False)
     keep = sv > 1e-9 * max(float(sv[0]), 1e-300) if sv.size else np.zeros(0, bool)
     q, mapping = u[:, keep], sv[keep, None] * vt[keep]
-    residual = np.tensordot(mapping, residual, axes=1)
+    residual = _map_in_place(mapping, residual)
     k = np.asarray(lr_kernel, dtype=np.float64)
     ky, kx = k.shape[0] // 2, k.shape[1] // 2
     # the mirror extension removes the FFT's wrap-around jump at the borders
     pad_y, pad_x = min(max(h - 1, 0), 2 * max(ky, 2)), min(max(w - 1, 0), 2 * max(kx, 2))
-    ext = np.pad(residual, ((0, 0), (pad_y, pad_y), (pad_x, pad_x)), mode="symmetric")
-    H, W = ext.shape[1:]
+    H, W = h + 2 * pad_y, w + 2 * pad_x
     if k.shape[0] > H or k.shape[1] > W:
         k = k[max(0, ky - H // 2):ky + H // 2 + 1 if H > 1 else ky + 1, max(0, kx - W // 2):kx + W // 2 + 1]
         ky, kx = k.shape[0] // 2, k.shape[1] // 2
@@ -609,13 +660,20 @@ def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray,
     kernel_full[:k.shape[0], :k.shape[1]] = k
     kernel_full = np.roll(kernel_full, (-ky, -kx), axis=(0, 1))
     K = np.fft.rfft2(kernel_full)
-    E = np.fft.rfft2(ext)
     power = np.abs(K) ** 2
     weights = np.full(power.shape, 2.0)  # rfft2 keeps half the spectrum: count the mirrored half too
     weights[:, 0] = 1.0
     if W % 2 == 0:
         weights[:, -1] = 1.0
-    energy = np.sum(np.abs(E) ** 2, axis=0)
+
+    def spectrum(residual_map: np.ndarray) -> np.ndarray:
+        """One map's spectrum on the mirror-extended grid (one map at a time: the FFT's temporaries stay small)."""
+        return np.fft.rfft2(np.pad(residual_map, ((pad_y, pad_y), (pad_x, pad_x)), mode="symmetric"))
+
+    energy = np.zeros(power.shape)
+    for residual_map in residual:
+        E = spectrum(residual_map)
+        energy += E.real ** 2 + E.imag ** 2
 
     def gcv(log_lam: float) -> float:
         lam = math.exp(log_lam)
@@ -630,16 +688,22 @@ def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray,
         lam = math.exp(optimize.minimize_scalar(gcv, bounds=(lo, hi), method="bounded").x)
     else:
         lam = float(regularization)
-    inner = (slice(None), slice(pad_y, pad_y + h), slice(pad_x, pad_x + w))
-    e = np.fft.irfft2(np.conj(K) * E / (power + lam), s=(H, W))[inner]
-    fitted = np.fft.irfft2(power * E / (power + lam), s=(H, W))[inner]
+    inner = (slice(pad_y, pad_y + h), slice(pad_x, pad_x + w))
+    e = np.empty(residual.shape, dtype=np.float32)
+    sum_before = sum_after = 0.0
+    for i, residual_map in enumerate(residual):
+        E = spectrum(residual_map)
+        e[i] = np.fft.irfft2(np.conj(K) * E / (power + lam), s=(H, W))[inner]
+        fitted = np.fft.irfft2(power * E / (power + lam), s=(H, W))[inner]
+        sum_before += float(np.sum(residual_map[valid] ** 2))
+        sum_after += float(np.sum((residual_map - fitted)[valid] ** 2))
     scale = float(bands * valid.sum())  # RMS over all C bands, as if the cubes were expanded
-    before = math.sqrt(float(np.sum(residual[:, valid] ** 2)) / scale)
-    after = math.sqrt(float(np.sum((residual - fitted)[:, valid] ** 2)) / scale)
-    filled = np.isfinite(degraded)
-    fill = [float(np.mean(d[f])) if f.any() else 0.0 for d, f in zip(degraded, filled)]
-    degraded = np.where(filled, degraded, np.asarray(fill)[:, None, None])
-    return Correction(e.astype(np.float32), q.astype(np.float32), degraded.astype(np.float32),
+    before, after = math.sqrt(sum_before / scale), math.sqrt(sum_after / scale)
+    filled = degraded.astype(np.float32)  # NaN LR pixels take the map's mean (the caller's maps are kept)
+    for out, source in zip(filled, degraded):
+        finite = np.isfinite(source)
+        out[~finite] = float(np.mean(source[finite])) if finite.any() else 0.0
+    return Correction(e, q.astype(np.float32), filled,
                       basis.astype(np.float32), grid, R, lam, k, before, after, float(dark_fraction))
 
 

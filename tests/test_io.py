@@ -18,6 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+import geolift.io
 from geolift.errors import GeoliftWarning, InputError, MetadataError, OutputError
 from geolift.io import HSIWriter, band_token, block_windows, check_output_path, open_scene, write_hsi
 
@@ -239,6 +240,27 @@ def test_scale_and_offset_are_applied(tmp_path):
     out = scene.read()
     np.testing.assert_allclose(out[0], [[60.0, 110.0], [np.nan, 210.0]])  # raw * 0.5 + 10, nodata stays NaN
     np.testing.assert_array_equal(out[1], data[1])
+
+
+def test_a_large_window_read_in_row_strips_equals_one_read(tmp_path, monkeypatch):
+    """Large windows are read a strip of block rows at a time (bounded memory): same pixels, nodata, scales."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 1000, size=(5, 70, 40)).astype(np.int16)
+    data[2, 33, 7] = data[0, 64, 39] = -1
+    path = make_tif(tmp_path / "tiled.tif", data, transform=GRID, nodata=-1, scales=(0.5,) * 5,
+                    offsets=(1.0,) * 5, tiled=True, blockxsize=16, blockysize=16)
+    scene = open_scene(path)
+    window = Window(col_off=3, row_off=5, width=37, height=61)  # not on block rows
+    whole = scene.read(window=window, bands=[4, 0, 2])
+    row_bytes = 4 * 3 * 37
+    monkeypatch.setattr(geolift.io, "READ_STRIP_BYTES", 20 * row_bytes)  # -> strips of 16 rows
+    fb = scene.files[0]
+    strips = scene._row_strips(fb, window, 3)
+    assert strips == [(0, 11), (11, 27), (27, 43), (43, 59), (59, 61)]  # cut on file rows 16, 32, 48, 64
+    np.testing.assert_array_equal(scene.read(window=window, bands=[4, 0, 2]), whole)
+    expected = data[[4, 0, 2], 5:66, 3:40].astype(np.float32) * 0.5 + 1.0
+    expected[data[[4, 0, 2], 5:66, 3:40] == -1] = np.nan
+    np.testing.assert_array_equal(whole, expected)
 
 
 # --------------------------------------------------------------------------- band lists

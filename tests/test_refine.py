@@ -150,6 +150,12 @@ def test_accumulating_on_a_basis_equals_projecting_the_full_accumulator(syntheti
     np.testing.assert_allclose(reduced.result(), np.tensordot(basis, got, axes=1))
     with pytest.raises(ModelError, match="basis"):
         rf.LowResAccumulator(c["grid"], psf, x0.shape[0], basis=basis[:5])
+    in_place = reduced.coefficients(in_place=True)  # saves a copy as large as the maps; then it is spent
+    np.testing.assert_array_equal(in_place, got)
+    with pytest.raises(ModelError, match="in place"):
+        reduced.add_maps(reduced.reduce(x0[:, :50]), 0, 0)
+    with pytest.raises(ModelError, match="in place"):
+        reduced.coefficients()
 
 
 def test_solving_on_coefficient_maps_equals_solving_on_the_full_cube(synthetic_case):
