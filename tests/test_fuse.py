@@ -232,7 +232,7 @@ def test_enmap_l2a_with_unsorted_wavelengths_and_bad_bands(write_raster, tmp_pat
     with rasterio.open(POTSDAM_CUBE) as ds:
         cube = ds.read().astype(np.float32)
         band_tags = [ds.tags(i + 1) for i in range(ds.count)]
-        crs, transform, nodata = ds.crs, ds.transform, ds.nodata
+        crs, transform = ds.crs, ds.transform
     wavelengths = np.array([float(t["wavelength"]) for t in band_tags])
     fwhm = np.array([float(t["fwhm"]) for t in band_tags])
     good = np.array([t["bbl"] == "1" for t in band_tags])
