@@ -606,11 +606,7 @@ def solve_correction(lr_hsi: np.ndarray, degraded_x0: np.ndarray, R: np.ndarray,
                              "(bands, rows, cols) shape.")
         degraded = np.tensordot(basis.T, x, axes=1)
     else:
-        basis = np.asarray(basis, dtype=np.float64)
-        degraded = np.asarray(degraded_x0, dtype=np.float64)
-        if y.ndim != 3 or basis.shape[0] != bands or degraded.shape != (basis.shape[1], *y.shape[1:]):
-            raise ModelError(f"The LR-HSI {y.shape}, the spectral basis {basis.shape} and the degraded "
-                             f"coefficient maps {degraded.shape} do not fit together.")
+        degraded = degraded_x0  # lr_coefficients and solve_on_basis check the shapes
     return solve_on_basis(lr_coefficients(y, basis), degraded, basis, R, lr_kernel, grid,
                           regularization=regularization, dark_fraction=dark_fraction)
 
@@ -637,7 +633,7 @@ def solve_on_basis(observed: np.ndarray, degraded: np.ndarray, basis: np.ndarray
         raise ModelError(f"The observed {observed.shape} and degraded {degraded.shape} coefficient maps, the "
                          f"spectral basis {basis.shape} and the LR grid {tuple(grid.lr_shape)} do not fit together.")
     bands, (h, w) = basis.shape[0], observed.shape[1:]
-    residual = observed.reshape(-1, h, w)
+    residual = observed
     residual -= degraded  # in place: the k maps are as large as a 20-band LR cube
     valid = np.all(np.isfinite(residual), axis=0)
     if not valid.any():
