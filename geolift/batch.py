@@ -31,11 +31,12 @@ footprint (:func:`pair_folders`). :func:`run_batch` then runs every job that is 
   input, no overlap, ...) is deterministic and is not retried. A job that still fails is recorded
   with its reason and the other jobs go on; a failed job never leaves a partial output.
 
-Determinism: a fit's floating-point result depends on the number of threads torch uses (the
-reductions over pixels are split between threads), so every task pins torch to
-``BatchSettings.torch_threads`` threads (default 1). The output then equals, array for array,
-``geolift fuse`` run with the same options and seed and the same thread count (for one thread:
-``OMP_NUM_THREADS=1 geolift fuse ...``). The thread count is part of the job hash.
+Determinism: every output pixel is computed on its own with exact products (docs/reproducibility.md),
+so tile tasks cut the scene any way they like; but a fit's floating-point result depends on the
+number of threads torch uses (the reductions over pixels are split between threads), so every task
+pins torch to ``BatchSettings.torch_threads`` threads (default 1). The output then equals, array for
+array, ``geolift fuse`` run with the same options, seed and thread count (its default is one). The
+thread count is part of the job hash.
 
 The library never prints: it logs to ``logging.getLogger("geolift")`` (worker-side log lines of a
 job come back prefixed with the job name) and reports progress through ``progress(JobEvent)``.

@@ -25,6 +25,8 @@ at once to its coefficients on the LR-HSI's leading spectral components, so only
 blurred and kept - and solves the low-resolution correction. The correction (LR-sized,
 picklable) travels in the plan, and :meth:`FusionPlan.predict_window` adds it to each window
 (pass 2). It runs after the shift correction, since it compares the two scenes pixel by pixel.
+Pass 1 reads fixed windows (:data:`REFINE_WINDOW`) and every per-pixel step is exact, so the output
+is the same bits for every tile size and however ``geolift batch`` splits the scene.
 
 Writing overlaps computing: a worker thread predicts the next window while the main thread
 encodes and writes the current one (torch and GDAL release the GIL), one window ahead
@@ -69,6 +71,11 @@ PSF_WINDOW = 1024
 
 #: Output rows handed to the consistency step at a time: its float64 temporaries stay ~50 MB per 200 bands.
 REFINE_STRIP_ROWS = 64
+
+#: Pass 1 of the consistency step reads the output grid in windows of this size, whatever ``tile_size`` is: the
+#: LR sums are added window by window, and a fixed split (and order) keeps their rounding, and so the output, the
+#: same for every tile size and in ``geolift batch``.
+REFINE_WINDOW = 512
 
 
 @dataclass(frozen=True)
@@ -456,7 +463,7 @@ def consistency_correction(plan: FusionPlan, observation: LowResObservation, pro
     """
     report, grid, basis = plan.report, observation.grid, observation.basis
     accumulator = rf.LowResAccumulator(grid, observation.psf, n_bands=basis.shape[0], basis=basis)
-    windows = list(block_windows(plan.grid.width, plan.grid.height, plan.options.tile_size))
+    windows = list(block_windows(plan.grid.width, plan.grid.height, REFINE_WINDOW))
 
     def network_maps(window: Window) -> np.ndarray:
         """The window's network output reduced to the basis coefficients, strip by strip (small in memory)."""

@@ -32,9 +32,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from geolift.errors import ModelError
+from geolift.exact import ExactMatrix
 
 __all__ = [
     "PRESETS",
+    "ExactNetwork",
     "MIN_TRAINING_PIXELS",
     "SpectraLift",
     "SpectraLiftMLP",
@@ -73,9 +75,9 @@ MIN_TRAINING_PIXELS = 16
 LEAKY_SLOPE = 0.3  # Keras LeakyReLU(alpha=0.3), as in the reference
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-7  # Keras Adam defaults the reference relies on
 
-# BLAS takes a different code path (GEMV-like kernels) for a batch of one or two rows, which rounds differently;
-# padding tiny batches to this many rows keeps every pixel's result independent of how the image was split.
-_MIN_BATCH_ROWS = 8
+#: Pixels per step of inference: the float64 activations of a step (64 wide) and its output (C bands) stay in the
+#: CPU cache. Any value gives the same bits (see :class:`ExactNetwork`); this one is only the fastest measured.
+_INFERENCE_PIXELS = 1024
 
 
 def learning_rate_schedule(steps: int, lr_initial: float, lr_max: float, lr_final: float,
@@ -121,22 +123,6 @@ class SpectraLiftMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_layer(self.features(x))
 
-    def predict_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Inference only: the mapping of ``x`` (n, n_in) written band-first into ``out`` (n_out, n), ``W·hᵀ + b``.
-
-        Same arithmetic as :meth:`forward` (bit-identical), but activations and residual adds work in place
-        and the output layer writes straight into ``out`` (any BLAS-compatible strides, e.g. a band-first
-        image's rows), so no per-layer buffer is allocated and no transposed copy made.
-        """
-        def act(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-            return F.leaky_relu_(torch.addmm(layer.bias, h, layer.weight.T), LEAKY_SLOPE)
-
-        x1 = act(self.layer1, x)
-        h = act(self.layer2, x1).add_(x1)
-        h = act(self.layer4, act(self.layer3, h)).add_(h)
-        h = act(self.layer6, act(self.layer5, h)).add_(h)
-        return torch.addmm(self.output_layer.bias[:, None], self.output_layer.weight, h.T, out=out)
-
     def reset_parameters_keras(self, generator: torch.Generator) -> None:
         """Glorot-uniform weights and zero biases (Keras Dense defaults), drawn from ``generator`` only."""
         with torch.no_grad():
@@ -145,6 +131,41 @@ class SpectraLiftMLP(nn.Module):
                 limit = math.sqrt(6.0 / (fan_in + fan_out))
                 layer.weight.uniform_(-limit, limit, generator=generator)
                 layer.bias.zero_()
+
+
+class ExactNetwork:
+    """A fitted :class:`SpectraLiftMLP` for inference, every layer an exact product (:mod:`geolift.exact`).
+
+    A pixel's spectrum is a function of that pixel's MSI values and the weights alone, to the last bit: it cannot
+    change with the other pixels in the call, their number, the thread count, the BLAS kernel the CPU picks or the
+    device. It agrees with the training network's float32 forward pass to float32 rounding (each layer's input and
+    weights are rounded to 23-26 significant bits; the sums are exact in float64).
+    """
+
+    _LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer5", "layer6", "output_layer")
+
+    def __init__(self, state: dict[str, np.ndarray], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.layers = [(ExactMatrix(state[f"{name}.weight"], self.device),
+                        torch.as_tensor(np.asarray(state[f"{name}.bias"], dtype=np.float64), device=self.device))
+                       for name in self._LAYERS]
+        self.output_bias = self.layers[-1][1].to(torch.float32)[:, None]
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, m) MSI spectra (scaled units) -> (C, n) float32 HSI spectra, band-first, written into ``out`` if
+        given (any strides, e.g. a band-first image's columns); the reference's wiring."""
+        def act(i: int, h: torch.Tensor) -> torch.Tensor:
+            weight, bias = self.layers[i]
+            return F.leaky_relu_(weight.rows(h).add_(bias), LEAKY_SLOPE)  # bias added apart: no fused kernel
+
+        x1 = act(0, x)
+        h = act(1, x1).add_(x1)
+        h = act(3, act(2, h)).add_(h)
+        h = act(5, act(4, h)).add_(h)
+        product = self.layers[-1][0].columns(h.T)
+        if out is None:
+            out = torch.empty(product.shape, dtype=torch.float32, device=self.device)
+        return out.copy_(product).add_(self.output_bias)  # rounded to float32 once, then the bias (float32 work)
 
 
 class _FlatKerasAdam:
@@ -372,10 +393,10 @@ class SpectraLift:
     Pass ``value_range`` (e.g. ``(0, 10000)``) to clip to a physical range instead of the LR-HSI's data range.
 
     Non-finite pixels (any band NaN/inf) of the LR-HSI are left out of training; such pixels of the MSI come out
-    NaN in every band. CPU runs are deterministic: the same seed and data give bit-identical results, and
-    predicting an image block by block gives exactly what predicting it whole gives (each pixel is computed on its
-    own, and tiny batches are padded so BLAS uses the same kernels). On CUDA, cuBLAS may choose kernels by batch
-    size, so block-wise results agree to float32 rounding (about 1e-6 of the range) rather than bit for bit.
+    NaN in every band. Fitting is deterministic on a given machine and torch thread count: the same seed and data
+    give the same weights (another CPU may train to slightly different ones). Prediction is exact by construction
+    (:class:`ExactNetwork`): a pixel's result depends on its own MSI values and the weights only, so predicting an
+    image block by block, pixel by pixel or whole, on any thread count, CPU kernel or device, gives the same bits.
 
     ``num_threads`` sets torch's CPU threads while fitting and predicting (restored afterwards); None leaves
     torch's setting alone. One thread is often fastest for small fits and on busy machines, where threads that
@@ -452,8 +473,7 @@ class SpectraLift:
         self.n_train_pixels: int | None = None
         self._state: dict[str, np.ndarray] | None = None  # fitted weights, CPU numpy (what pickle ships)
         self._msi_offset: np.ndarray | None = None  # lo * rowsum(R), per MSI band
-        self._net: SpectraLiftMLP | None = None  # inference network, rebuilt lazily, never pickled
-        self._net_device: torch.device | None = None
+        self._net: ExactNetwork | None = None  # inference network, rebuilt lazily, never pickled
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -478,15 +498,22 @@ class SpectraLift:
         return SpectraLiftMLP(n_in, n_out, self.hidden, generator)
 
     def network(self) -> SpectraLiftMLP:
-        """The fitted network on the chosen device (built from the stored weights on first use)."""
+        """The fitted torch network (as trained, float32) on the chosen device."""
+        self._check_fitted()
+        net = self._new_network(self.n_bands_in, self.n_bands_out)
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in self._state.items()})
+        return net.eval().to(_resolve_device(self.device))
+
+    def _check_fitted(self) -> None:
         if not self.is_fitted:
             raise ModelError("The model is not fitted yet; call fit(lr_hsi, R) before predicting.")
+
+    def _inference_network(self) -> ExactNetwork:
+        """The network :meth:`predict` runs (exact products, see :class:`ExactNetwork`), built on first use."""
+        self._check_fitted()
         dev = _resolve_device(self.device)
-        if self._net is None or self._net_device != dev:
-            net = self._new_network(self.n_bands_in, self.n_bands_out)
-            net.load_state_dict({k: torch.from_numpy(v) for k, v in self._state.items()})
-            net.eval()
-            self._net, self._net_device = net.to(dev), dev
+        if self._net is None or self._net.device != dev:
+            self._net = ExactNetwork(self._state, dev)
         return self._net
 
     # ------------------------------------------------------------------ fit
@@ -604,7 +631,7 @@ class SpectraLift:
     # ------------------------------------------------------------------ predict
     def predict(self, hr_msi: np.ndarray, progress: Progress | None = None) -> np.ndarray:
         """Predict the HSI cube ``(C, H, W)`` float32 for an MSI cube ``(m, H, W)``; non-finite pixels give NaN."""
-        self.network()  # raises if not fitted
+        self._check_fitted()
         hr_msi = np.asarray(hr_msi)
         if hr_msi.ndim != 3:
             raise ModelError(f"The HR-MSI must be a (bands, rows, cols) array, got shape {hr_msi.shape}.")
@@ -620,7 +647,7 @@ class SpectraLift:
 
     def predict_pixels(self, X: np.ndarray, progress: Progress | None = None) -> np.ndarray:
         """Predict HSI spectra ``(n, C)`` float32 for MSI pixels ``(n, m)``; non-finite rows give NaN rows."""
-        self.network()
+        self._check_fitted()
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_bands_in:
             raise ModelError(f"Pixels must be an (n, {self.n_bands_in}) array of MSI spectra, got shape {X.shape}.")
@@ -641,39 +668,32 @@ class SpectraLift:
                     progress(i, total, "predict")
 
     def _predict_block(self, msi: np.ndarray, out: np.ndarray) -> None:
-        """(k, m) MSI pixels in user units -> ``out`` (C, k) float32 HSI spectra in user units, band-first."""
-        net, dev = self.network(), self._net_device
+        """(k, m) MSI pixels in user units -> ``out`` (C, k) float32 HSI spectra in user units, band-first.
+
+        Works :data:`_INFERENCE_PIXELS` valid pixels at a time; every step is exact or element-wise, so each
+        pixel's result is the same bits however the pixels are grouped (see :class:`ExactNetwork`).
+        """
+        net = self._inference_network()
         lo, hi = self.data_range
         valid = np.all(np.isfinite(msi), axis=1)
-        n_valid = int(valid.sum())
-        if n_valid == 0:
+        if not valid.all():
             out[...] = np.nan
-            return
-        scaled = ((msi[valid] - self._msi_offset) / (hi - lo)).astype(np.float32)
-        direct = n_valid == msi.shape[0] and n_valid >= _MIN_BATCH_ROWS and dev.type == "cpu"
-        if n_valid < _MIN_BATCH_ROWS:  # see _MIN_BATCH_ROWS: keep results independent of the block split
-            scaled = np.concatenate([scaled, np.repeat(scaled[-1:], _MIN_BATCH_ROWS - n_valid, axis=0)])
+        direct = bool(valid.all()) and net.device.type == "cpu"  # the network writes into the caller's array
+        columns = np.flatnonzero(valid)
+        scaled = torch.from_numpy((msi[valid] - self._msi_offset) / (hi - lo)).to(net.device)  # float64
+        target = torch.from_numpy(out) if direct else None  # a (C, k) view
         with torch.inference_mode():
-            x = torch.from_numpy(scaled).to(dev)
-            if direct:  # every pixel valid: the network writes straight into the caller's array
-                y = net.predict_into(x, torch.from_numpy(out))
-            else:
-                y = net.predict_into(x, torch.empty((self.n_bands_out, x.shape[0]), device=dev))[:, :n_valid]
-            y = y.clamp_(0.0, 1.0).mul_(hi - lo).add_(lo).clamp_(lo, hi)  # clip: see the class docstring
-            if direct:
-                return
-            y = y.cpu().numpy()
-        if n_valid == msi.shape[0]:
-            out[...] = y
-        else:
-            out[...] = np.nan
-            out[:, valid] = y
+            for a in range(0, scaled.shape[0], _INFERENCE_PIXELS):
+                b = min(scaled.shape[0], a + _INFERENCE_PIXELS)
+                y = net(scaled[a:b], target[:, a:b] if direct else None)
+                y.clamp_(0.0, 1.0).mul_(hi - lo).add_(lo).clamp_(lo, hi)  # clip: see the class docstring
+                if not direct:
+                    out[:, columns[a:b]] = y.cpu().numpy()
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_net"] = None  # weights travel as numpy in _state; the torch network is rebuilt where it is used
-        state["_net_device"] = None
+        state["_net"] = None  # weights travel as numpy in _state; the network is rebuilt where it is used
         return state
 
     def __setstate__(self, state: dict) -> None:

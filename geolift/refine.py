@@ -36,6 +36,7 @@ from affine import Affine
 from scipy import optimize, sparse
 
 from geolift.errors import AlignmentError, ModelError
+from geolift.exact import ExactMatrix
 
 __all__ = [
     "GridPair",
@@ -394,7 +395,7 @@ class LowResAccumulator:
         self.basis = None if basis is None else np.asarray(basis, dtype=np.float64)
         if self.basis is not None and (self.basis.ndim != 2 or self.basis.shape[0] != self.n_bands):
             raise ModelError(f"The spectral basis must be a ({self.n_bands}, k) matrix, got {self.basis.shape}.")
-        self._reduce = None if self.basis is None else np.ascontiguousarray(self.basis.T, dtype=np.float32)
+        self._reduce = None if self.basis is None else ExactMatrix(self.basis.T)  # a pixel's maps: its own alone
         self._op = _BlurAggregate.build(grid, psf.kernel(), psf.boundary)
         maps = self.n_bands if self.basis is None else self.basis.shape[1]
         self._sums = np.zeros((maps, *grid.lr_shape))
@@ -414,10 +415,10 @@ class LowResAccumulator:
         if self._reduce is None:
             return x0_tile.astype(np.float64)
         _, r, c = x0_tile.shape
-        flat = np.ascontiguousarray(x0_tile, dtype=np.float32).reshape(self.n_bands, r * c)
+        flat = np.ascontiguousarray(x0_tile).reshape(self.n_bands, r * c)
         with torch.inference_mode():  # torch's threads, not a second BLAS pool (see _TileCorrection)
-            maps = torch.mm(torch.from_numpy(self._reduce), torch.from_numpy(flat)).numpy()
-        return maps.reshape(-1, r, c).astype(np.float64)
+            maps = self._reduce.columns(torch.from_numpy(flat)).numpy()
+        return maps.reshape(-1, r, c)
 
     def add_maps(self, maps: np.ndarray, row_off: int, col_off: int) -> None:
         """Add a tile's :meth:`reduce` result at HR offset (row_off, col_off)."""
@@ -734,9 +735,11 @@ _PASS2_CHUNK_PIXELS = 2048  # pixels per step of pass 2's per-pixel work: C x th
 class _TileCorrection:
     """Pass 2's per-pixel work on one tile, in row chunks small enough to stay in the CPU cache.
 
-    The products and element-wise steps run in torch, on its CPU threads (one by default in the pipeline,
-    see ``geolift.model.torch_threads``): numpy's BLAS would start its own thread pool, which competes with
-    GDAL's compression threads for the same cores.
+    Every product with a pixel's vector is exact (:class:`geolift.exact.ExactMatrix`) and everything else is
+    element-wise, so a pixel's correction depends on that pixel alone: ``geolift batch`` writes what ``geolift
+    fuse`` writes, bit for bit, however either cuts the scene into tiles, on any CPU kernel. The work runs in
+    torch, on its CPU threads (one by default in the pipeline, see ``geolift.model.torch_threads``): numpy's BLAS
+    would start its own thread pool, which competes with GDAL's compression threads for the same cores.
     """
 
     def __init__(self, correction: Correction, x0: np.ndarray, row_off: int, col_off: int):
@@ -745,11 +748,11 @@ class _TileCorrection:
         maps = [correction.lr_coefficients] + ([correction.degraded_coefficients] if self.damp else [])
         self.coef = torch.from_numpy(_interpolate(correction.grid, maps, row_off, col_off, self.rows, self.cols))
         self.k = correction.lr_coefficients.shape[0]
-        self.lr_basis = torch.from_numpy(np.asarray(correction.lr_basis, dtype=np.float32))
-        self.local_basis = torch.from_numpy((correction.dark_fraction * correction.degraded_basis).astype(np.float32))
+        self.lr_basis = ExactMatrix(correction.lr_basis)
+        self.local_basis = ExactMatrix(correction.dark_fraction * np.asarray(correction.degraded_basis, np.float64))
         R = np.asarray(correction.response, dtype=np.float64)
-        self.back = torch.from_numpy((np.linalg.pinv(R @ R.T) @ R).astype(np.float32))  # P v = v - Rᵀ (back v)
-        self.forward = torch.from_numpy(np.ascontiguousarray(R.T, dtype=np.float32))
+        self.back = ExactMatrix(np.linalg.pinv(R @ R.T) @ R)  # P v = v - Rᵀ (back v)
+        self.forward = ExactMatrix(R.T)
         self.step = max(1, _PASS2_CHUNK_PIXELS // max(self.cols, 1))
 
     def chunks(self):
@@ -757,15 +760,15 @@ class _TileCorrection:
             yield slice(a, min(self.rows, a + self.step))
 
     def delta(self, x0_rows: torch.Tensor, rows: slice) -> torch.Tensor:
-        """The correction (C, n) for ``x0_rows`` (C, n), the tile's ``rows`` flattened."""
+        """The correction (C, n) float32 for ``x0_rows`` (C, n), the tile's ``rows`` flattened."""
         coef = self.coef[:, rows].reshape(self.coef.shape[0], -1)
-        delta = torch.mm(self.lr_basis, coef[:self.k])
+        delta = self.lr_basis.columns(coef[:self.k])
         if self.damp:
-            local = torch.mm(self.local_basis, coef[self.k:])
+            local = self.local_basis.columns(coef[self.k:])
             scale = torch.div(x0_rows, local).masked_fill_(local <= 0, 1.0).clamp_(0.0, 1.0)
             delta.mul_(scale.masked_fill_(delta <= 0, 1.0))  # only brightening corrections are damped
-            delta.sub_(torch.mm(self.forward, torch.mm(self.back, delta)))  # back onto R's null space
-        return delta
+            delta.sub_(self.forward.columns(self.back.columns(delta)))  # back onto R's null space
+        return delta.to(torch.float32)
 
 
 def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: int, col_off: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geolift.errors import GeoliftError, ModelError
-from geolift.model import PRESETS, SpectraLift, SpectraLiftMLP, learning_rate_schedule
+from geolift.model import PRESETS, ExactNetwork, SpectraLift, SpectraLiftMLP, learning_rate_schedule
 from geolift.model import _FlatKerasAdam, _MeanAbsoluteError  # internals checked against their references
 from conftest import box_response
 
@@ -174,6 +174,7 @@ def test_mean_absolute_error_matches_torch_l1_loss():
     torch.testing.assert_close(grad_ours, grad_ref)
 
 
+@pytest.mark.reproducible
 # ---------------------------------------------------------------- determinism and streaming
 def test_same_seed_is_bit_identical_and_other_seed_differs(scene):
     cube, R, _ = scene
@@ -195,6 +196,7 @@ def test_fit_leaves_global_random_state_alone(scene):
     np.testing.assert_array_equal(np.random.get_state()[1], np_state)
 
 
+@pytest.mark.reproducible
 def test_blockwise_prediction_equals_whole(fitted, scene):
     cube, R, _ = scene
     rng = np.random.default_rng(5)
@@ -220,18 +222,28 @@ def test_blockwise_prediction_equals_whole(fitted, scene):
     np.testing.assert_array_equal(small_chunks.predict(hr), whole)
 
 
-def test_band_first_inference_is_bit_identical_to_forward():
-    """predict_into (in-place activations, output written straight into a strided band-first view) must compute
-    exactly what the training-time forward computes."""
+@pytest.mark.reproducible
+def test_exact_inference_matches_the_training_network_and_ignores_the_batch():
+    """The inference network (exact products) computes the training network's forward pass to float32 rounding,
+    and each pixel's result is the same bits whatever else is in the call (order, count, a single pixel)."""
     net = SpectraLiftMLP(4, 30, generator=torch.Generator().manual_seed(3))
-    x = torch.rand(700, 4, generator=torch.Generator().manual_seed(4))
+    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    exact = ExactNetwork(state)
+    x = torch.rand(700, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     with torch.no_grad():
-        expected = net(x).T.numpy()
-    image = np.full((30, 1000), np.nan, np.float32)  # a band-first image; the pixels go into columns 200..899
+        expected = net(x.float()).T
     with torch.inference_mode():
-        net.predict_into(x, torch.from_numpy(image[:, 200:900]))
-    np.testing.assert_array_equal(image[:, 200:900], expected)
-    assert np.isnan(image[:, :200]).all() and np.isnan(image[:, 900:]).all()  # nothing written outside the view
+        whole = exact(x)
+        assert whole.shape == (30, 700) and whole.dtype == torch.float32
+        np.testing.assert_allclose(whole.numpy(), expected.numpy(), rtol=0, atol=2e-6)
+        image = np.full((30, 1000), np.nan, np.float32)  # written straight into a band-first image's columns
+        exact(x, torch.from_numpy(image[:, 200:900]))
+        np.testing.assert_array_equal(image[:, 200:900], whole.numpy())
+        assert np.isnan(image[:, :200]).all() and np.isnan(image[:, 900:]).all()
+        order = torch.randperm(700, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(exact(x[order]), whole[:, order])
+        for a, b in [(0, 1), (1, 2), (5, 13), (100, 357), (699, 700)]:
+            assert torch.equal(exact(x[a:b]), whole[:, a:b])
 
 
 # ---------------------------------------------------------------- NaN handling

@@ -199,6 +199,7 @@ def test_add_correction_in_place_equals_correction_for_tile_then_clip(synthetic_
         rf.add_correction(corr, tile.astype(np.float64), 17, 5)
 
 
+@pytest.mark.reproducible
 def test_pass_2_is_bit_identical_however_the_output_is_tiled(synthetic_case):
     """geolift batch cuts a scene into other tiles than geolift fuse and must write the same pixels, bit for bit."""
     c = synthetic_case
@@ -284,18 +285,39 @@ def test_grid_errors():
 
 
 # ---------------------------------------------------------------------------------------- real data
+#: Seeds of the quality test and what ``benchmarks/kernel_levels.py`` measured for them (docs/benchmarks.md,
+#: "Across CPU kernel levels", AMD EPYC with AVX-512): the mean PSNR gain over seeds 42-44 was +0.78 to +1.06 dB
+#: across six kernel levels, every seed at least +0.43 dB; the mean SAM ratio 0.834 to 0.840. The test asserts
+#: half of the smallest mean gain (and of the SAM reduction), and that no seed loses.
+QUALITY_SEEDS = (42, 43, 44)
+MEASURED_MIN_MEAN_GAIN_DB = 0.78
+MEASURED_MAX_MEAN_SAM_RATIO = 0.84
+
+
+@pytest.mark.quality
 def test_default_mode_beats_the_faithful_preset_on_a_potsdam_wald_case(potsdam_cube):
+    """The default mode (geolift preset + consistency step) against the faithful preset, over three training seeds.
+
+    Training rounds differently with every BLAS kernel, so a single seed's margin is a draw, not a property; the
+    claim is about the mean, with room for any CPU, and about every seed not being worse.
+    """
     cube, wavelengths, fwhm = potsdam_cube
     R = srf.response_matrix("sentinel2a", ["B2", "B3", "B4", "B8"], wavelengths, fwhm)
     case = ev.make_wald_case(cube, R, ratio=4, psf=ev.gaussian_psf(3.4, 7), snr_hsi_db=35, snr_msi_db=40, seed=42)
-    faithful = SpectraLift(preset="spectralift", seed=42, value_range=(0, 1)).fit(case.lr_hsi, case.R)
-    x_faithful = faithful.predict(case.hr_msi)
-    default = SpectraLift(preset="geolift", seed=42, value_range=(0, 1)).fit(case.lr_hsi, case.R)
-    x0 = default.predict(case.hr_msi)
-    x, psf, _ = rf.refine(x0, case.lr_hsi, case.hr_msi, case.R, 4, value_range=default.data_range)
-    assert psf.width == pytest.approx(3.4, rel=0.10) and psf.boundary == "zero"
-    assert ev.psnr(case.gt, x) > ev.psnr(case.gt, x_faithful) + 0.5  # measured +0.94 dB
-    assert ev.sam(case.gt, x) < 0.95 * ev.sam(case.gt, x_faithful)  # measured -11 %
+    gains, sam_ratios = [], []
+    for seed in QUALITY_SEEDS:
+        faithful = SpectraLift(preset="spectralift", seed=seed, value_range=(0, 1), num_threads=1)
+        x_faithful = faithful.fit(case.lr_hsi, case.R).predict(case.hr_msi)
+        default = SpectraLift(preset="geolift", seed=seed, value_range=(0, 1), num_threads=1)
+        x0 = default.fit(case.lr_hsi, case.R).predict(case.hr_msi)
+        x, psf, _ = rf.refine(x0, case.lr_hsi, case.hr_msi, case.R, 4, value_range=default.data_range)
+        assert psf.width == pytest.approx(3.4, rel=0.10) and psf.boundary == "zero"
+        gains.append(ev.psnr(case.gt, x) - ev.psnr(case.gt, x_faithful))
+        sam_ratios.append(ev.sam(case.gt, x) / ev.sam(case.gt, x_faithful))
+    assert min(gains) > 0, f"a seed is worse than the faithful preset: PSNR gains {gains}"
+    assert np.mean(gains) > 0.5 * MEASURED_MIN_MEAN_GAIN_DB, f"PSNR gains {gains}"
+    assert max(sam_ratios) < 1.0, f"SAM ratios {sam_ratios}"
+    assert np.mean(sam_ratios) < 1.0 - 0.5 * (1.0 - MEASURED_MAX_MEAN_SAM_RATIO), f"SAM ratios {sam_ratios}"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,87 @@
+"""Matrix products whose result cannot depend on how they are computed.
+
+A pixel's prediction must be the same whatever the tiling, the number of pixels per call, the thread count, the
+BLAS kernel the CPU picks (AVX2, AVX-512, MKL's small-matrix paths, GEMV for one pixel) or the device. A
+floating-point sum rounds differently in every order, and the BLAS picks the order; so instead of hoping for one
+order, geolift makes every sum exact, where order cannot matter:
+
+* each pixel's vector is rounded to ``bits`` significant bits *relative to its own largest entry* (so the grid
+  depends on that pixel alone), and each row of the fixed matrix the same way, once;
+* the product is formed in float64. Every term is then an integer multiple of one power of two (per pixel and
+  output) below ``2**(2*bits)`` in units of it, and the sum of ``K`` such terms stays below ``2**53`` when
+  ``2*bits + ceil(log2 K) <= 53``: no addition in the product rounds, in any order, on any hardware that does
+  IEEE float64 arithmetic. The result is the exact product of the rounded operands.
+
+``bits`` is the largest such number (:func:`exact_bits`): 23 for the network's 64-wide layers, 22 for ~200 HSI
+bands, 24 for 20 coefficient maps - the precision of the float32 data itself. This is the splitting idea of
+Ozaki et al. (2012, "Error-free transformations of matrix multiplication by using fast routines of matrix
+multiplication", Numerical Algorithms 59), with one slice and the remainder dropped: the rounding error is of the
+order of float32 rounding, and the result is reproducible by construction.
+
+Everything after the products is element-wise (add, multiply, compare, clamp: one IEEE rounding each, the same in
+every SIMD width); callers must not use fused forms (``addcmul``, ``add`` with ``alpha``, ``addmm`` with a bias),
+which some kernels evaluate with a fused multiply-add and others not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["exact_bits", "round_significant", "ExactMatrix"]
+
+_FLOAT64_SIGNIFICAND = 53  # bits, the implicit leading one included
+_FLOAT64_EXPONENT_BIAS = 1023
+_HALF_SIGNIFICAND = 1 << 51  # the stored fraction of 1.5
+
+
+def exact_bits(k: int) -> int:
+    """Significant bits per operand so that a sum of ``k`` products of two such numbers is exact in float64."""
+    k = max(int(k), 1)
+    return (_FLOAT64_SIGNIFICAND - math.ceil(math.log2(k))) // 2 if k > 1 else _FLOAT64_SIGNIFICAND // 2
+
+
+def round_significant(x: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
+    """``x`` (float64) with every slice along ``dim`` rounded to ``bits`` significant bits of its largest entry.
+
+    Entries become integer multiples of ``2**(e - bits)``, where ``2**e`` is the smallest power of two above the
+    slice's largest magnitude (round half to even). Adding then subtracting ``1.5 * 2**(e + 52 - bits)`` does the
+    rounding in two IEEE additions: the sum lies in a binade whose spacing is the grid. The shift is assembled
+    from its bits (``torch.ldexp`` goes through ``pow``, whose last bit may depend on the kernel). Returns a new
+    tensor. Entries must be finite; a slice with a NaN gives NaN (its own slice only).
+    """
+    largest = x.abs().amax(dim=dim, keepdim=True)  # (torch.linalg.vector_norm(inf) is 10x slower here)
+    exponent = torch.frexp(largest).exponent.to(torch.int64)  # largest < 2**exponent; 0 for 0
+    biased = exponent.add_(_FLOAT64_SIGNIFICAND - 1 - bits + _FLOAT64_EXPONENT_BIAS).clamp_(1, 2046)
+    shift = biased.bitwise_left_shift_(_FLOAT64_SIGNIFICAND - 1).bitwise_or_(_HALF_SIGNIFICAND).view(torch.float64)
+    return (x + shift).sub_(shift)
+
+
+class ExactMatrix:
+    """A fixed ``(out, K)`` matrix ``W`` that multiplies pixel vectors exactly (see the module docstring).
+
+    ``W`` is rounded once, row by row; each call rounds the pixels' vectors and multiplies in float64. The result
+    for a pixel depends on that pixel's vector and ``W`` only.
+    """
+
+    def __init__(self, matrix: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"):
+        w = torch.as_tensor(np.asarray(matrix, dtype=np.float64) if not torch.is_tensor(matrix) else matrix)
+        w = w.detach().to(device=device, dtype=torch.float64)
+        if w.ndim != 2:
+            raise ValueError(f"An exact matrix must be 2-D, got shape {tuple(w.shape)}.")
+        self.bits = exact_bits(w.shape[1])
+        self.matrix = round_significant(w, 1, self.bits)  # (out, K)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix.shape)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ Wᵀ`` for pixels in rows, ``x`` (n, K) -> (n, out) float64."""
+        return torch.mm(round_significant(x.to(torch.float64), 1, self.bits), self.matrix.T)
+
+    def columns(self, x: torch.Tensor) -> torch.Tensor:
+        """``W @ x`` for pixels in columns, ``x`` (K, n) -> (out, n) float64."""
+        return torch.mm(self.matrix, round_significant(x.to(torch.float64), 0, self.bits))
