@@ -26,6 +26,7 @@ which some kernels evaluate with a fused multiply-add and others not.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,8 +34,23 @@ import torch
 __all__ = ["exact_bits", "round_significant", "ExactMatrix"]
 
 _FLOAT64_SIGNIFICAND = 53  # bits, the implicit leading one included
-_FLOAT64_EXPONENT_BIAS = 1023
-_HALF_SIGNIFICAND = 1 << 51  # the stored fraction of 1.5
+
+
+@dataclass(frozen=True)
+class _Format:
+    dtype: torch.dtype
+    int_dtype: torch.dtype  # the integer type of the same width (to assemble a float from its bits)
+    significand: int  # bits, the implicit leading one included
+    bias: int  # exponent bias
+
+    @property
+    def half(self) -> int:
+        """The stored fraction bits of 1.5."""
+        return 1 << (self.significand - 2)
+
+
+_FLOAT64 = _Format(torch.float64, torch.int64, _FLOAT64_SIGNIFICAND, 1023)
+_FLOAT32 = _Format(torch.float32, torch.int32, 24, 127)
 
 
 def exact_bits(k: int) -> int:
@@ -44,19 +60,23 @@ def exact_bits(k: int) -> int:
 
 
 def round_significant(x: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
-    """``x`` (float64) with every slice along ``dim`` rounded to ``bits`` significant bits of its largest entry.
+    """``x`` as float64, every slice along ``dim`` rounded to ``bits`` significant bits of its largest entry.
 
     Entries become integer multiples of ``2**(e - bits)``, where ``2**e`` is the smallest power of two above the
-    slice's largest magnitude (round half to even). Adding then subtracting ``1.5 * 2**(e + 52 - bits)`` does the
-    rounding in two IEEE additions: the sum lies in a binade whose spacing is the grid. The shift is assembled
-    from its bits (``torch.ldexp`` goes through ``pow``, whose last bit may depend on the kernel). Returns a new
-    tensor. Entries must be finite; a slice with a NaN gives NaN (its own slice only).
+    slice's largest magnitude (round half to even). Adding then subtracting ``1.5 * 2**(e + p - 1 - bits)``
+    (``p``: the float's significand bits) does the rounding in two IEEE additions, since the sum lies in a binade
+    whose spacing is the grid. A float32 ``x`` is rounded in float32 when ``bits`` fits (half the memory traffic,
+    the same result). The shift is assembled from its bits (``torch.ldexp`` goes through ``pow``, whose last bit
+    may depend on the kernel). Returns a new tensor. Entries must be finite and normal; a slice with a NaN gives
+    NaN (that slice only).
     """
+    fmt = _FLOAT32 if x.dtype == torch.float32 and bits <= _FLOAT32.significand - 2 else _FLOAT64
+    x = x.to(fmt.dtype)
     largest = x.abs().amax(dim=dim, keepdim=True)  # (torch.linalg.vector_norm(inf) is 10x slower here)
-    exponent = torch.frexp(largest).exponent.to(torch.int64)  # largest < 2**exponent; 0 for 0
-    biased = exponent.add_(_FLOAT64_SIGNIFICAND - 1 - bits + _FLOAT64_EXPONENT_BIAS).clamp_(1, 2046)
-    shift = biased.bitwise_left_shift_(_FLOAT64_SIGNIFICAND - 1).bitwise_or_(_HALF_SIGNIFICAND).view(torch.float64)
-    return (x + shift).sub_(shift)
+    exponent = torch.frexp(largest).exponent.to(fmt.int_dtype)  # largest < 2**exponent; 0 for 0
+    biased = exponent.add_(fmt.significand - 1 - bits + fmt.bias).clamp_(1, 2 * fmt.bias)
+    shift = biased.bitwise_left_shift_(fmt.significand - 1).bitwise_or_(fmt.half).view(fmt.dtype)
+    return (x + shift).sub_(shift).to(torch.float64)
 
 
 class ExactMatrix:
@@ -80,8 +100,8 @@ class ExactMatrix:
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ Wᵀ`` for pixels in rows, ``x`` (n, K) -> (n, out) float64."""
-        return torch.mm(round_significant(x.to(torch.float64), 1, self.bits), self.matrix.T)
+        return torch.mm(round_significant(x, 1, self.bits), self.matrix.T)
 
     def columns(self, x: torch.Tensor) -> torch.Tensor:
         """``W @ x`` for pixels in columns, ``x`` (K, n) -> (out, n) float64."""
-        return torch.mm(self.matrix, round_significant(x.to(torch.float64), 0, self.bits))
+        return torch.mm(self.matrix, round_significant(x, 0, self.bits))

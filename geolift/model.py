@@ -77,7 +77,7 @@ ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-7  # Keras Adam defaults t
 
 #: Pixels per step of inference: the float64 activations of a step (64 wide) and its output (C bands) stay in the
 #: CPU cache. Any value gives the same bits (see :class:`ExactNetwork`); this one is only the fastest measured.
-_INFERENCE_PIXELS = 1024
+_INFERENCE_PIXELS = 2048
 
 
 def learning_rate_schedule(steps: int, lr_initial: float, lr_max: float, lr_final: float,
@@ -146,23 +146,24 @@ class ExactNetwork:
 
     def __init__(self, state: dict[str, np.ndarray], device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.layers = [(ExactMatrix(state[f"{name}.weight"], self.device),
-                        torch.as_tensor(np.asarray(state[f"{name}.bias"], dtype=np.float64), device=self.device))
+        self.layers = [(ExactMatrix(state[f"{name}.weight"], self.device),  # biases as columns: band-first
+                        torch.as_tensor(np.asarray(state[f"{name}.bias"], np.float64)[:, None], device=self.device))
                        for name in self._LAYERS]
-        self.output_bias = self.layers[-1][1].to(torch.float32)[:, None]
+        self.output_bias = self.layers[-1][1].to(torch.float32)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(n, m) MSI spectra (scaled units) -> (C, n) float32 HSI spectra, band-first, written into ``out`` if
-        given (any strides, e.g. a band-first image's columns); the reference's wiring."""
+        given (any strides, e.g. a band-first image's columns); the reference's wiring. Activations are kept
+        band-first, (64, n): MKL's float64 GEMM runs about 20 % faster that way round."""
         def act(i: int, h: torch.Tensor) -> torch.Tensor:
             weight, bias = self.layers[i]
-            return F.leaky_relu_(weight.rows(h).add_(bias), LEAKY_SLOPE)  # bias added apart: no fused kernel
+            return F.leaky_relu_(weight.columns(h).add_(bias), LEAKY_SLOPE)  # bias added apart: no fused kernel
 
-        x1 = act(0, x)
+        x1 = act(0, x.T)
         h = act(1, x1).add_(x1)
         h = act(3, act(2, h)).add_(h)
         h = act(5, act(4, h)).add_(h)
-        product = self.layers[-1][0].columns(h.T)
+        product = self.layers[-1][0].columns(h)
         if out is None:
             out = torch.empty(product.shape, dtype=torch.float32, device=self.device)
         return out.copy_(product).add_(self.output_bias)  # rounded to float32 once, then the bias (float32 work)

@@ -762,13 +762,13 @@ class _TileCorrection:
     def delta(self, x0_rows: torch.Tensor, rows: slice) -> torch.Tensor:
         """The correction (C, n) float32 for ``x0_rows`` (C, n), the tile's ``rows`` flattened."""
         coef = self.coef[:, rows].reshape(self.coef.shape[0], -1)
-        delta = self.lr_basis.columns(coef[:self.k])
+        delta = self.lr_basis.columns(coef[:self.k]).to(torch.float32)  # exact, then one rounding: float32 work
         if self.damp:
-            local = self.local_basis.columns(coef[self.k:])
+            local = self.local_basis.columns(coef[self.k:]).to(torch.float32)
             scale = torch.div(x0_rows, local).masked_fill_(local <= 0, 1.0).clamp_(0.0, 1.0)
             delta.mul_(scale.masked_fill_(delta <= 0, 1.0))  # only brightening corrections are damped
-            delta.sub_(self.forward.columns(self.back.columns(delta)))  # back onto R's null space
-        return delta.to(torch.float32)
+            delta.sub_(self.forward.columns(self.back.columns(delta)).to(torch.float32))  # onto R's null space
+        return delta
 
 
 def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: int, col_off: int) -> np.ndarray:

@@ -109,12 +109,13 @@ def test_streamed_two_passes_equal_refine_in_memory(wald, tmp_path, tile):
 
 @pytest.mark.reproducible
 def test_default_output_is_bit_identical_for_every_tile_size(wald, tmp_path):
-    """Pass 1 reads fixed windows whatever the tile size, and every per-pixel step is exact: the tile size changes
-    the file's layout, never its pixels (48 px tiles do not divide the grid: partial tiles too)."""
+    """Pass 1 reads fixed windows whatever the tile size, and every per-pixel step is exact: the tile size and the
+    number of prediction threads change the file's layout and the speed, never the pixels (48 px tiles do not
+    divide the grid: partial tiles too)."""
     pixels, solves = [], []
-    for tile in (32, 48):
+    for tile, threads in ((32, 1), (48, 2)):
         plan = prepare_fusion(wald.hsi, wald.msi, FuseOptions(sensor="sentinel2", steps=WALD_STEPS, seed=0,
-                                                              dtype="float32", tile_size=tile))
+                                                              dtype="float32", tile_size=tile, num_threads=threads))
         assert plan.report.refined
         # the LR solve's own float64 figures: any change in how pass 1 summed would show here first
         solves.append((plan.report.refine_regularization, plan.report.refine_residual_before,
