@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from geolift.errors import ModelError
+
 __all__ = ["exact_bits", "round_significant", "ExactMatrix"]
 
 _FLOAT64_SIGNIFICAND = 53  # bits, the implicit leading one included
@@ -67,8 +69,8 @@ def round_significant(x: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
     (``p``: the float's significand bits) does the rounding in two IEEE additions, since the sum lies in a binade
     whose spacing is the grid. A float32 ``x`` is rounded in float32 when ``bits`` fits (half the memory traffic,
     the same result). The shift is assembled from its bits (``torch.ldexp`` goes through ``pow``, whose last bit
-    may depend on the kernel). Returns a new tensor. Entries must be finite and normal; a slice with a NaN gives
-    NaN (that slice only).
+    may depend on the kernel). Returns a new tensor. Entries must be finite and normal (a NaN spoils the products
+    of its own slice only).
     """
     fmt = _FLOAT32 if x.dtype == torch.float32 and bits <= _FLOAT32.significand - 2 else _FLOAT64
     x = x.to(fmt.dtype)
@@ -87,20 +89,12 @@ class ExactMatrix:
     """
 
     def __init__(self, matrix: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"):
-        w = torch.as_tensor(np.asarray(matrix, dtype=np.float64) if not torch.is_tensor(matrix) else matrix)
-        w = w.detach().to(device=device, dtype=torch.float64)
+        w = matrix.detach() if torch.is_tensor(matrix) else torch.from_numpy(np.asarray(matrix, dtype=np.float64))
+        w = w.to(device=device, dtype=torch.float64)
         if w.ndim != 2:
-            raise ValueError(f"An exact matrix must be 2-D, got shape {tuple(w.shape)}.")
+            raise ModelError(f"An exact matrix must be 2-D, got shape {tuple(w.shape)}.")
         self.bits = exact_bits(w.shape[1])
         self.matrix = round_significant(w, 1, self.bits)  # (out, K)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.matrix.shape)
-
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ Wᵀ`` for pixels in rows, ``x`` (n, K) -> (n, out) float64."""
-        return torch.mm(round_significant(x, 1, self.bits), self.matrix.T)
 
     def columns(self, x: torch.Tensor) -> torch.Tensor:
         """``W @ x`` for pixels in columns, ``x`` (K, n) -> (out, n) float64."""

@@ -334,6 +334,7 @@ def test_retryable_failures_are_worker_and_io_errors_not_input_errors():
 
 
 @pytest.mark.slow
+@pytest.mark.reproducible  # batch writes what fuse writes, bit for bit: under every kernel level in .ci/run
 def test_batch_fuses_real_data_and_reports_the_broken_job(first_run, references):
     jobs, report, outdir, events, keys, _ = first_run
     status = {r.job: r for r in report.results}
