@@ -677,10 +677,11 @@ class SpectraLift:
         net = self._inference_network()
         lo, hi = self.data_range
         valid = np.all(np.isfinite(msi), axis=1)
-        if not valid.all():
+        every = bool(valid.all())
+        if not every:
             out[...] = np.nan
-        direct = bool(valid.all()) and net.device.type == "cpu"  # the network writes into the caller's array
-        columns = np.flatnonzero(valid)
+        direct = every and net.device.type == "cpu"  # the network writes straight into the caller's array
+        columns = None if direct else np.flatnonzero(valid)
         scaled = torch.from_numpy((msi[valid] - self._msi_offset) / (hi - lo)).to(net.device)  # float64
         target = torch.from_numpy(out) if direct else None  # a (C, k) view
         with torch.inference_mode():
