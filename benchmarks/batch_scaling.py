@@ -88,8 +88,9 @@ def write_jobs(folder: Path, n_jobs: int, steps: int) -> Path:
 
 
 def _warm_up() -> bool:
-    import geolift.batch  # noqa: F401
     import torch  # noqa: F401
+
+    import geolift.batch  # noqa: F401
 
     return True
 

@@ -9,7 +9,7 @@ Why the same LR-HSI for both: SpectraLift trains on the LR-HSI alone (the MSI re
 so the training set, and with it the training time and the memory it needs, is identical in both runs. Only the
 streamed part grows: reading the HR-MSI window by window, predicting, and writing the 200-band output tile by tile
 (16 x more pixels at 4000 x 4000). If the pipeline streams as it should, the peak memory of the two runs is about the
-same; the issue requires peak(4000) <= 1.2 x peak(1000).
+same; the target is peak(4000) <= 1.2 x peak(1000).
 
 The scene is realistic in the sense that matters here (spectra and spatial statistics, not a constant image):
 6 endmember spectra are taken from the real EnMAP Potsdam cube in sample_data/ (the pixels farthest apart in

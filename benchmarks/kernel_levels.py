@@ -101,7 +101,8 @@ def child(seeds: int) -> dict:
     frozen = SpectraLift(preset="spectralift", seed=0, steps=1, lr_initial=0.0, lr_max=0.0, lr_final=0.0,
                          value_range=(0, 1), num_threads=1).fit(case.lr_hsi, case.R)
     draw = np.random.default_rng(0)
-    frozen._state = {k: (draw.uniform(-0.3, 0.3, v.shape) if k.endswith("weight") else draw.uniform(-0.05, 0.05, v.shape))
+    frozen._state = {k: (draw.uniform(-0.3, 0.3, v.shape) if k.endswith("weight")
+                         else draw.uniform(-0.05, 0.05, v.shape))
                      .astype(np.float32) for k, v in frozen._state.items()}
     frozen._net = None
     x0 = frozen.predict(case.hr_msi)
@@ -166,7 +167,8 @@ def report(results: list[tuple[str, dict]], seeds: int) -> list[str]:
               f"{min(m[0] for m in means):+.2f} .. {max(m[0] for m in means):+.2f} dB across levels; "
               f"mean SAM ratio {min(m[1] for m in means):.3f} .. {max(m[1] for m in means):.3f}; "
               f"worst single seed {min(m[2] for m in means):+.2f} dB", "",
-              "3. cost: faithful fit (s, mean over seeds) | predict s per Mpx (218 bands): exact vs float32 forward (ratio)"]
+              "3. cost: faithful fit (s, mean over seeds) | predict s per Mpx (218 bands): "
+              "exact vs float32 forward (ratio)"]
     for label, r in results:
         fit = np.mean([s["faithful_fit_s"] for s in r["seeds"]])
         lines.append(f"   {label:<28} {fit:6.2f} s | {r['exact_s_per_mpx']:.2f} vs {r['float32_s_per_mpx']:.2f} "

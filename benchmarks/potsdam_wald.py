@@ -104,7 +104,8 @@ def row(name: str, metrics: dict, train_s: float | None, infer_s: float) -> str:
     train = "-" if train_s is None else f"{train_s:.1f}"
     return (
         f"{name:<28} {metrics['PSNR']:7.2f} {metrics['SAM']:7.2f} {metrics['SSIM']:7.4f} "
-        f"{metrics['ERGAS']:7.3f} {metrics['RMSE']:8.5f} {metrics['SAM88']:7.2f} {metrics['PSNRu8']:7.2f} {train:>8} {infer_s:8.2f}"
+        f"{metrics['ERGAS']:7.3f} {metrics['RMSE']:8.5f} {metrics['SAM88']:7.2f} {metrics['PSNRu8']:7.2f} "
+        f"{train:>8} {infer_s:8.2f}"
     )
 
 
@@ -130,7 +131,8 @@ def run_case(title: str, bands: list[str], cube, wavelengths, fwhm, seeds: list[
     dark = brightness < np.percentile(brightness, DARK_SHARE)
     say("")
     say(f"{title}: gt {case.gt.shape}, LR-HSI {case.lr_hsi.shape}, HR-MSI {case.hr_msi.shape}")
-    say(f"{'method':<28} {'PSNR':>7} {'SAM':>7} {'SSIM':>7} {'ERGAS':>7} {'RMSE':>8} {'SAM88':>7} {'PSNRu8':>7} {'train_s':>8} {'infer_s':>8}")
+    say(f"{'method':<28} {'PSNR':>7} {'SAM':>7} {'SSIM':>7} {'ERGAS':>7} {'RMSE':>8} {'SAM88':>7} {'PSNRu8':>7} "
+        f"{'train_s':>8} {'infer_s':>8}")
 
     baselines = {
         "bicubic": lambda: ev.bicubic_upsample(case.lr_hsi, shape),
@@ -176,7 +178,8 @@ def write_markdown(path: Path, command: str, lines: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=1, help="SpectraLift training seeds 42, 43, ... (default 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: stable timings on a shared machine)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the model's, 2500)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report into this file")
     args = parser.parse_args()
@@ -192,7 +195,8 @@ def main() -> None:
 
     cube, wavelengths, fwhm = read_cube(CUBE)
     say("Potsdam Wald-protocol benchmark (geolift)")
-    say(f"data: {CUBE.relative_to(REPO)}, {cube.shape[0]} good bands (bbl=0 dropped), {cube.shape[1]} x {cube.shape[2]} px")
+    say(f"data: {CUBE.relative_to(REPO)}, {cube.shape[0]} good bands (bbl=0 dropped), "
+        f"{cube.shape[1]} x {cube.shape[2]} px")
     say(
         f"protocol: normalise once (global 1st/99th pct -> [0,1]); LR-HSI = Gaussian PSF {2 * HALF_WIDTH + 1}x"
         f"{2 * HALF_WIDTH + 1} sigma {SIGMA} (zero border) + {RATIO}x{RATIO} block mean + {SNR_HSI:g} dB; "

@@ -10,8 +10,9 @@ Data: the real EnMAP Potsdam cube (sample_data/enmap_l2a_potsdam_mosaic_128x64_2
   heavy tail is kept, LR-HSI SNR 30 dB.
 
 HR-MSI SNR 40 dB, data seed 42. Faithful: ``SpectraLift(preset="spectralift")``. Default: ``SpectraLift()`` with
-the ``geolift`` preset (same network and schedule, plus brightness jitter and snapshot averaging), then :func:`geolift.refine.refine` with the PSF *estimated from the data* (neither method
-is told the PSF or the noise). Metrics are averaged over training seeds 42, 43, ...
+the ``geolift`` preset (same network and schedule, plus brightness jitter and snapshot averaging), then
+:func:`geolift.refine.refine` with the PSF *estimated from the data* (neither method is told the PSF or the noise).
+Metrics are averaged over training seeds 42, 43, ...
 
     python benchmarks/quality.py [--seeds N] [--quick] [--markdown docs/benchmarks.md]
 """

@@ -1,4 +1,4 @@
-"""Time and scale of the default mode (issue 6): training a full EnMAP scene, streaming a 4000 x 4000 output, and
+"""Time and scale of the default mode: training a full EnMAP scene, streaming a 4000 x 4000 output, and
 a full EnMAP-size scene + Sentinel-2 end to end.
 
 One run prints, with the machine described:
@@ -73,13 +73,14 @@ def reference_write(fused: Path, out: Path, compress: str, threads: int) -> dict
     """Time HSIWriter writing ``fused``'s data (read back beforehand, block by block) with the same options."""
     code = f"""
 import json, time, numpy as np, rasterio
-from geolift.io import HSIWriter
+from geolift.grid import Grid
+from geolift.io import Encoding, HSIWriter, OutputBands
 src = rasterio.open({str(fused)!r})
 wl = [float(src.tags(b + 1)["wavelength"]) for b in range(src.count)]
 spent = 0.0
-with HSIWriter({str(out)!r}, crs=src.crs, transform=src.transform, width=src.width, height=src.height,
-               wavelengths_nm=wl, dtype="int16", scale=src.scales[0], offset=src.offsets[0], tile=512,
-               compress={compress!r}, num_threads={threads}, overwrite=True) as w:
+encoding = Encoding(dtype="int16", scale=src.scales[0], offset=src.offsets[0], tile=512, compress={compress!r},
+                    num_threads={threads})
+with HSIWriter({str(out)!r}, Grid.like(src), OutputBands(wl), encoding, overwrite=True) as w:
     for window in w.block_windows():
         block = src.read(window=window, masked=True).astype(np.float32) * src.scales[0] + src.offsets[0]
         block = block.filled(np.nan)
@@ -109,8 +110,8 @@ def training(threads: list[int]) -> None:
 
 def full_scene(folder: Path) -> None:
     """A full EnMAP-size LR-HSI (1000 x 1000 x 200) and a Sentinel-2-like HR-MSI three times finer (3000 x 3000,
-    B2 B3 B4 B8), end to end with the default preset and its full schedule: the issue's "full scene in about a
-    minute", with the LR grid (not only the HR grid) at full size for the memory bound."""
+    B2 B3 B4 B8), end to end with the default preset and its full schedule: the target is a full scene in about a
+    minute, with the LR grid (not only the HR grid) at full size for the memory bound."""
     hsi, msis, made = make_scene(folder, [3000], hsi_size=1000, hsi_subsamples=3)
     print(f"3. a full EnMAP-size scene + Sentinel-2, end to end (scene made in {made:.0f} s): LR-HSI 1000 x 1000 x "
           f"200 int16, HR-MSI 3000 x 3000 x 4 (ratio 3); geolift fuse, default preset and schedule, default --threads")
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="HR-MSI pixels per side of the default-mode run (default: --size; the ratio is "
                              "compared in pixels per second, which does not depend on the size)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1],
-                        help="torch threads to time training (2 is far slower on a shared 2-core machine: see train_time.py)")
+                        help="torch threads to time training (2 is far slower on a shared 2-core machine: "
+                             "see train_time.py)")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-full-scene", action="store_true", help="skip part 3 (1000^2 HSI + 3000^2 MSI)")
     parser.add_argument("--keep", type=Path, help="write into this folder and keep the files")
@@ -174,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (r, out, size) in runs.items():
             streamed = r["refine_seconds"] + r["write_seconds"]
             ratio = (size * size / streamed) / (pixels / ref["seconds"])  # = reference time / geolift time
-            print(f"   {name}, {size} x {size}: inference + write {streamed:.1f} s ({size * size / streamed:,.0f} px/s; "
-                  f"consistency pass 1 "
+            print(f"   {name}, {size} x {size}: inference + write {streamed:.1f} s "
+                  f"({size * size / streamed:,.0f} px/s; consistency pass 1 "
                   f"{r['refine_seconds']:.1f} s, pass 2 with writing {r['write_seconds']:.1f} s); ratio "
                   f"reference/geolift = {ratio:.2f} (target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'}); "
                   f"peak RSS {r['peak_mb']:.0f} MB (target <= 2048: {'met' if r['peak_mb'] <= 2048 else 'NOT met'}); "

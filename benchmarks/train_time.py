@@ -1,4 +1,4 @@
-"""Training time and the cost of pixel sampling (issue 6).
+"""Training time and the cost of pixel sampling.
 
 1. Quality: on Potsdam Wald cases, full-batch training vs the stratified sample forced small
    (``max_train_pixels`` = a quarter of the LR pixels), same seeds; the network output alone (no refine).

@@ -2,10 +2,13 @@
 
 The core library (no CLI code): ``geolift.srf`` (sensor response curves),
 ``geolift.model`` (the SpectraLift engine), ``geolift.evaluate`` (Wald protocol,
-metrics, baselines), ``geolift.io``, ``geolift.align`` and ``geolift.fuse``.
+metrics, baselines), ``geolift.io`` (rasters in and out), ``geolift.align``,
+``geolift.refine`` (the consistency step), ``geolift.fuse`` (the pipeline) and
+``geolift.batch`` (many pairs on Dask). ``docs/architecture.md`` draws the layout.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from geolift import errors, srf
 from geolift.errors import GeoliftError

@@ -1,8 +1,8 @@
 """Co-registration of a low-resolution hyperspectral scene (LR-HSI) with a high-resolution multispectral one (HR-MSI).
 
-Arrays and grids in, arrays out: this module never opens a file. A :class:`Grid` is the georeferencing of a raster
-(CRS, affine transform, size); ``Grid.like(dataset)`` takes it from anything with ``crs``, ``transform``, ``width``
-and ``height`` attributes (an open rasterio dataset, for instance).
+Arrays and grids in, arrays out: this module never opens a file. A :class:`~geolift.grid.Grid` is the
+georeferencing of a raster (CRS, affine transform, size); ``Grid.like(dataset)`` takes it from anything with ``crs``,
+``transform``, ``width`` and ``height`` attributes (an open rasterio dataset, for instance).
 
 The two scenes may differ in CRS (e.g. the HSI in EPSG:4326 or another UTM zone), pixel size (the ratio need not be
 an integer: 30 m / 3.6 m = 8.33), origin and extent. SpectraLift trains on the HSI grid (synthetic LR-MSI -> LR-HSI)
@@ -50,13 +50,14 @@ from dataclasses import dataclass
 import numpy as np
 from affine import Affine
 from pyproj import Geod
-from scipy import ndimage
 from rasterio.crs import CRS
-from rasterio.errors import CRSError
-from rasterio.warp import Resampling, reproject, transform as warp_transform, transform_bounds
+from rasterio.warp import Resampling, reproject, transform_bounds
+from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
+from scipy import ndimage
 
-from geolift.errors import AlignmentError, MetadataError
+from geolift.errors import AlignmentError
+from geolift.grid import Grid, shift_transform
 
 __all__ = [
     "Grid",
@@ -97,89 +98,6 @@ _EDGE_TOLERANCE_PX = 1e-3
 _MIN_SHIFT_SIZE = 8  # pixels per side needed for a meaningful phase correlation
 _MIN_FIT_PIXELS = 10  # pixels per band needed for a gain/offset fit
 _GEOD = Geod(ellps="WGS84")
-
-
-# --------------------------------------------------------------------------------------------------------- grids
-@dataclass(frozen=True)
-class Grid:
-    """The georeferencing of a raster: CRS, affine transform (pixel corner based, rasterio style) and size.
-
-    ``crs`` accepts anything :meth:`rasterio.crs.CRS.from_user_input` does (``"EPSG:32633"``, a WKT, a CRS).
-    Rotated or sheared transforms are refused (no sensor product geolift targets uses them).
-    """
-
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
-    def __post_init__(self):
-        if self.crs is None:
-            raise MetadataError(
-                "The raster has no coordinate reference system (CRS); geolift needs one to align scenes."
-            )
-        try:
-            crs = CRS.from_user_input(self.crs)
-        except CRSError as exc:
-            raise MetadataError(f"The coordinate reference system {self.crs!r} is not understood: {exc}.") from None
-        transform = Affine(*tuple(self.transform)[:6])
-        if transform.b != 0 or transform.d != 0:
-            raise AlignmentError(
-                "Rotated or sheared geotransforms are not supported; warp the raster to a north-up grid first."
-            )
-        if transform.a == 0 or transform.e == 0:
-            raise MetadataError("The raster's geotransform has a zero pixel size.")
-        if int(self.width) < 1 or int(self.height) < 1:
-            raise MetadataError(f"A raster grid must have at least one pixel, got {self.width} x {self.height}.")
-        object.__setattr__(self, "crs", crs)
-        object.__setattr__(self, "transform", transform)
-        object.__setattr__(self, "width", int(self.width))
-        object.__setattr__(self, "height", int(self.height))
-
-    @classmethod
-    def like(cls, obj) -> "Grid":
-        """The grid of anything with ``crs``, ``transform``, ``width`` and ``height`` (e.g. a rasterio dataset)."""
-        return cls(obj.crs, obj.transform, obj.width, obj.height)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(height, width)``, the shape of one band."""
-        return (self.height, self.width)
-
-    @property
-    def res(self) -> tuple[float, float]:
-        """Pixel size ``(x, y)`` in CRS units, both positive."""
-        return (abs(self.transform.a), abs(self.transform.e))
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` in CRS units, whatever the axis directions of the transform."""
-        x0, y0 = self.transform @ (0, 0)
-        x1, y1 = self.transform @ (self.width, self.height)
-        return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-
-    def subgrid(self, window: Window | tuple) -> "Grid":
-        """The grid of a pixel window ``(col_off, row_off, width, height)`` of this grid, e.g. one output block."""
-        col_off, row_off, width, height = window.flatten() if isinstance(window, Window) else window
-        return Grid(
-            self.crs,
-            self.transform @ Affine.translation(col_off, row_off),
-            int(round(width)),
-            int(round(height)),
-        )
-
-    def shifted(self, dy: float, dx: float) -> "Grid":
-        """This grid moved by ``(dy, dx)`` of its own pixels; see :func:`shift_transform`."""
-        return Grid(self.crs, shift_transform(self.transform, dy, dx), self.width, self.height)
-
-
-def shift_transform(transform: Affine, dy: float, dx: float) -> Affine:
-    """The geotransform moved by ``dy`` rows and ``dx`` columns of its own pixels.
-
-    Pixel ``(r, c)`` of the result sits where pixel ``(r + dy, c + dx)`` sat before. With the ``(dy, dx)`` of
-    :func:`estimate_shift` this puts the HSI where its content truly is (module docstring: sign convention).
-    """
-    return Affine(*tuple(transform)[:6]) @ Affine.translation(dx, dy)
 
 
 def pixel_size_m(grid: Grid) -> tuple[float, float]:
@@ -609,7 +527,7 @@ def _bounds_in(grid: Grid, crs: CRS) -> tuple[float, float, float, float]:
         return grid.bounds
     try:
         box = transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=51)
-    except Exception as exc:  # PROJ failures surface as several rasterio/pyproj types
+    except Exception as exc:  # noqa: BLE001 - PROJ failures surface as several rasterio/pyproj types
         raise AlignmentError(
             f"The footprint cannot be transformed from {_crs_name(grid.crs)} to {_crs_name(crs)}: {exc}."
         ) from None

@@ -2,7 +2,12 @@
 
 Every error a user can cause (bad file, bad band name, no overlap, ...) is a
 ``GeoliftError`` subclass with a one-sentence message; the CLI prints that
-sentence and exits non-zero, never a traceback.
+sentence and exits with the class's ``exit_code``, never a traceback:
+
+1 any other geolift error, 2 bad input or sensor/band, 3 the scenes cannot be
+aligned, 4 the model cannot be fitted or used, 5 the output cannot be written,
+6 a batch cannot run, 7 a batch ran but some jobs failed. The CLI adds 130
+(interrupted) and 137 (out of memory); click's usage errors exit 2.
 """
 
 
@@ -54,6 +59,12 @@ class BatchError(GeoliftError):
     """A batch manifest is malformed or a batch could not run."""
 
     exit_code = 6
+
+
+class JobsFailedError(BatchError):
+    """A batch ran, but some of its jobs failed (the others are finished and kept)."""
+
+    exit_code = 7
 
 
 class GeoliftWarning(UserWarning):

@@ -25,6 +25,7 @@ from scipy import ndimage
 from scipy.special import j1
 
 from geolift.errors import InputError, ModelError
+from geolift.interpolation import keys_cubic
 
 __all__ = [
     "WaldCase",
@@ -303,7 +304,9 @@ def make_wald_case(
     gt = normalize_cube(data) if normalize else data.astype(np.float32)
     rows, cols = (gt.shape[1] // ratio) * ratio, (gt.shape[2] // ratio) * ratio
     if rows == 0 or cols == 0:
-        raise InputError(f"cube of {data.shape[1]} × {data.shape[2]} pixels is smaller than one {ratio} × {ratio} block.")
+        raise InputError(
+            f"cube of {data.shape[1]} × {data.shape[2]} pixels is smaller than one {ratio} × {ratio} block."
+        )
     gt = np.ascontiguousarray(gt[:, :rows, :cols])
     generator = np.random.default_rng(seed)
     hr_msi = degrade_spectral(gt, matrix, snr_msi_db, generator)
@@ -459,14 +462,6 @@ def all_metrics(gt, pred, ratio: float, data_range: float = 1.0) -> dict[str, fl
 # --------------------------------------------------------------------------- baselines
 
 
-def _keys_cubic(s: np.ndarray, a: float = -0.5) -> np.ndarray:
-    """Keys (1981) cubic convolution kernel; a = -0.5 makes it third-order accurate."""
-    s = np.abs(s)
-    near = (a + 2) * s**3 - (a + 3) * s**2 + 1
-    far = a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a
-    return np.where(s <= 1, near, np.where(s < 2, far, 0.0))
-
-
 def _cubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) interpolation weights with pixel-area alignment and replicated edges."""
     position = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
@@ -475,7 +470,7 @@ def _cubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     rows = np.arange(n_out)
     for tap in range(-1, 3):
         index = base + tap
-        np.add.at(weights, (rows, np.clip(index, 0, n_in - 1)), _keys_cubic(position - index))
+        np.add.at(weights, (rows, np.clip(index, 0, n_in - 1)), keys_cubic(position - index))
     return weights
 
 
@@ -530,7 +525,8 @@ def gsa_fusion(lr_hsi, hr_msi, ratio: int, psf=None) -> np.ndarray:
     expected = (lr.shape[1] * ratio, lr.shape[2] * ratio)
     if msi.shape[1:] != expected:
         raise InputError(
-            f"hr_msi is {msi.shape[1]} × {msi.shape[2]} pixels but lr_hsi × ratio {ratio} is {expected[0]} × {expected[1]}."
+            f"hr_msi is {msi.shape[1]} × {msi.shape[2]} pixels but lr_hsi × ratio {ratio} is "
+            f"{expected[0]} × {expected[1]}."
         )
     msi_low = downsample(msi if psf is None else blur(msi, psf), ratio).astype(np.float64)
 

@@ -39,11 +39,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,11 +54,11 @@ from affine import Affine
 from rasterio.windows import Window, from_bounds
 
 from geolift import align as coreg
+from geolift import blur, srf
 from geolift import refine as rf
-from geolift import srf
 from geolift.errors import AlignmentError, InputError, MetadataError, ModelError, SensorError
-from geolift.io import HSIWriter, Scene, check_output_path, open_scene
-from geolift.io import block_windows
+from geolift.grid import Grid
+from geolift.io import Encoding, HSIWriter, OutputBands, Scene, check_output_path, open_scene
 from geolift.model import DEFAULT_PRESET, SpectraLift, torch_threads
 
 log = logging.getLogger("geolift")
@@ -233,7 +236,7 @@ class FusionPlan:
     msi: Scene
     msi_band_indices: list[int]  # 0-based MSI bands fed to the model, in R's row order
     response: np.ndarray  # (m, C_good)
-    hsi_grid: coreg.Grid  # HSI subset grid used for training (after the shift correction)
+    hsi_grid: Grid  # HSI subset grid used for training (after the shift correction)
     hsi_valid: np.ndarray  # (h, w) bool on hsi_grid
     output: coreg.Overlap  # output grid and its window in the HR-MSI
     model: SpectraLift
@@ -243,8 +246,12 @@ class FusionPlan:
     correction: rf.Correction | None = None  # the consistency step's LR correction (None: not applied)
 
     @property
-    def grid(self) -> coreg.Grid:
+    def grid(self) -> Grid:
         return self.output.grid
+
+    def output_windows(self) -> list[Window]:
+        """The windows the output is written in, row by row: one GeoTIFF tile each (``options.tile_size``)."""
+        return list(self.grid.block_windows(self.options.tile_size))
 
     def model_input(self, window: Window) -> np.ndarray:
         """The HR-MSI block the model sees for ``window`` of the output grid: harmonised if asked, NaN outside
@@ -290,6 +297,14 @@ class FusionPlan:
             self.report.correction_seconds += time.perf_counter() - started
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on macOS and Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def prediction_workers(options: FuseOptions) -> int:
     """Threads that predict blocks at once: the job's threads (``num_threads``) over torch's threads per
     prediction, so that by default (1 torch thread) every core predicts while GDAL compresses."""
@@ -328,12 +343,13 @@ def prepare_fusion(
         drop_uncovered=options.drop_uncovered,
     )
     band_indices = [msi_band_names.index(b) for b in response.bands]
-    report.srf, report.msi_bands, report.dropped_bands = curves.display_name, list(response.bands), list(response.dropped)
+    report.srf = curves.display_name
+    report.msi_bands, report.dropped_bands = list(response.bands), list(response.dropped)
     log.info("Response: %s bands %s on %d HSI bands (%d bad bands left out).",
              curves.display_name, ", ".join(response.bands), int(good.sum()), report.bad_bands)
 
-    hsi_full_grid = coreg.Grid.like(hsi)
-    msi_grid = coreg.Grid.like(msi)
+    hsi_full_grid = Grid.like(hsi)
+    msi_grid = Grid.like(msi)
     ov = coreg.overlap(hsi_full_grid, msi_grid)
     report.resolution_ratio = float(coreg.resolution_ratio(hsi_full_grid, msi_grid))
     hsi_grid = hsi_full_grid.subgrid(ov.hsi_window)
@@ -416,8 +432,8 @@ class LowResObservation:
     """What the consistency step keeps of the LR-HSI once training is done: the blur estimated from the data,
     the scene's spectral basis and the LR-HSI's coefficient maps on it (NaN where it has no data)."""
 
-    grid: rf.GridPair
-    psf: rf.PSFEstimate
+    grid: blur.GridPair
+    psf: blur.PSFEstimate
     basis: np.ndarray  # (C, k) orthonormal
     coefficients: np.ndarray  # (k, h, w) float64
     started: float  # perf_counter() when the consistency step began
@@ -439,7 +455,7 @@ def observe_low_res(plan: FusionPlan, lr_hsi: np.ndarray) -> LowResObservation |
                                     "different CRSs; the consistency step needs both on one CRS (reproject the "
                                     "HSI onto the MSI's CRS beforehand to use it)")
     try:
-        grid = rf.GridPair(plan.grid.transform, (plan.grid.height, plan.grid.width), plan.hsi_grid.transform,
+        grid = blur.GridPair(plan.grid.transform, (plan.grid.height, plan.grid.width), plan.hsi_grid.transform,
                            plan.hsi_grid.shape)
     except AlignmentError as exc:
         return _skip_refine(report, str(exc).rstrip("."))
@@ -463,7 +479,7 @@ def consistency_correction(plan: FusionPlan, observation: LowResObservation, pro
     """
     report, grid, basis = plan.report, observation.grid, observation.basis
     accumulator = rf.LowResAccumulator(grid, observation.psf, n_bands=basis.shape[0], basis=basis)
-    windows = list(block_windows(plan.grid.width, plan.grid.height, REFINE_WINDOW))
+    windows = list(plan.grid.block_windows(REFINE_WINDOW))
 
     def network_maps(window: Window) -> np.ndarray:
         """The window's network output reduced to the basis coefficients, strip by strip (small in memory)."""
@@ -489,7 +505,7 @@ def consistency_correction(plan: FusionPlan, observation: LowResObservation, pro
     return correction
 
 
-def _estimate_psf(plan: FusionPlan, grid: rf.GridPair, lr_hsi: np.ndarray) -> rf.PSFEstimate:
+def _estimate_psf(plan: FusionPlan, grid: blur.GridPair, lr_hsi: np.ndarray) -> blur.PSFEstimate:
     """The blur from a central output window and the HSI pixels under it (not the whole scene: cheap)."""
     height, width = grid.hr_shape
     rows, cols = min(height, PSF_WINDOW), min(width, PSF_WINDOW)
@@ -501,9 +517,9 @@ def _estimate_psf(plan: FusionPlan, grid: rf.GridPair, lr_hsi: np.ndarray) -> rf
     lr_r1 = int(np.clip(np.floor(ay.lr_coordinate(r0 + rows - 1)) + 1, lr_r0 + 1, h))
     lr_c0 = int(np.clip(np.floor(ax.lr_coordinate(c0)), 0, w - 1))
     lr_c1 = int(np.clip(np.floor(ax.lr_coordinate(c0 + cols - 1)) + 1, lr_c0 + 1, w))
-    window_grid = rf.GridPair(grid.hr_transform @ Affine.translation(c0, r0), (rows, cols),
+    window_grid = blur.GridPair(grid.hr_transform @ Affine.translation(c0, r0), (rows, cols),
                               grid.lr_transform @ Affine.translation(lr_c0, lr_r0), (lr_r1 - lr_r0, lr_c1 - lr_c0))
-    return rf.estimate_psf(lr_hsi[:, lr_r0:lr_r1, lr_c0:lr_c1], msi_block, plan.response, window_grid)
+    return blur.estimate_psf(lr_hsi[:, lr_r0:lr_r1, lr_c0:lr_c1], msi_block, plan.response, window_grid)
 
 
 def _skip_refine(report: FuseReport, reason: str) -> None:
@@ -512,7 +528,7 @@ def _skip_refine(report: FuseReport, reason: str) -> None:
     return None
 
 
-def _aggregate_msi(msi: Scene, band_indices: list[int], msi_grid: coreg.Grid, hsi_grid: coreg.Grid) -> np.ndarray:
+def _aggregate_msi(msi: Scene, band_indices: list[int], msi_grid: Grid, hsi_grid: Grid) -> np.ndarray:
     """Area-average the HR-MSI onto the HSI grid, strip by strip so memory stays bounded."""
     out = np.full((len(band_indices), *hsi_grid.shape), np.nan, np.float32)
     for row0 in range(0, hsi_grid.height, AGGREGATION_STRIP_ROWS):
@@ -526,7 +542,7 @@ def _aggregate_msi(msi: Scene, band_indices: list[int], msi_grid: coreg.Grid, hs
     return out
 
 
-def _msi_window_covering(grid: coreg.Grid, msi_grid: coreg.Grid, pad: int = 2) -> Window | None:
+def _msi_window_covering(grid: Grid, msi_grid: Grid, pad: int = 2) -> Window | None:
     """The MSI window (clipped, padded by a few pixels) that covers ``grid``'s footprint, or None."""
     from rasterio.warp import transform_bounds
 
@@ -548,16 +564,18 @@ def _msi_window_covering(grid: coreg.Grid, msi_grid: coreg.Grid, pad: int = 2) -
 # ---------------------------------------------------------------------------------------------
 
 
-def output_encoding(hsi: Scene, dtype: str | None) -> dict[str, Any]:
-    """dtype/scale/offset so the output is in the HSI's own units (e.g. reflectance × 10000 as int16)."""
-    chosen = dtype or ("int16" if np.dtype(hsi.dtype).kind in "iu" else "float32")
+def output_encoding(hsi: Scene, options: FuseOptions) -> Encoding:
+    """How the output is stored: in the HSI's own units (e.g. reflectance × 10000 as int16), with the options'
+    tiles, compression and threads."""
+    chosen = options.dtype or ("int16" if np.dtype(hsi.dtype).kind in "iu" else "float32")
     if chosen not in ("int16", "float32"):
         raise InputError(f"Unsupported output dtype {chosen!r}; choose int16 or float32.")
+    layout = {"tile": options.tile_size, "compress": options.compress, "num_threads": options.num_threads}
     if chosen == "float32":
-        return {"dtype": "float32"}
+        return Encoding(dtype="float32", **layout)
     scale = float(hsi.scales[0]) if len(hsi.scales) else 1.0
     offset = float(hsi.offsets[0]) if len(hsi.offsets) else 0.0
-    return {"dtype": "int16", "scale": scale, "offset": offset}
+    return Encoding(dtype="int16", scale=scale, offset=offset, **layout)
 
 
 def write_fusion(
@@ -565,11 +583,13 @@ def write_fusion(
     output: PathLike,
     progress: Progress | None = None,
     inputs: Sequence[PathLike] = (),
+    blocks: Callable[[Window], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> FuseReport:
-    """Stream every block of the output grid through the model into a tiled GeoTIFF, atomically.
+    """Stream every block of the output grid (:meth:`FusionPlan.output_windows`) into a tiled GeoTIFF, atomically.
 
-    A worker thread predicts (and corrects) the next block while the main thread encodes and
-    writes this one, so inference and compression share the cores.
+    A worker thread predicts (and corrects) the next block while the main thread encodes and writes this one, so
+    inference and compression share the cores. ``blocks(window)`` gives a window's ``(block, msi_block)`` when they
+    are computed elsewhere (``geolift batch``'s tile tasks); by default the plan predicts them.
     """
     options, report, hsi = plan.options, plan.report, plan.hsi
     grid = plan.grid
@@ -579,12 +599,13 @@ def write_fusion(
     report.correction_seconds = 0.0  # apply_correction adds to it (on this machine; not in batch tile tasks)
     all_good = bool(hsi.good_bands.all())
     response32 = torch.from_numpy(np.asarray(plan.response, dtype=np.float32))
+    predict = blocks or plan.predict_window
 
     def produce(window: Window) -> tuple[np.ndarray, tuple[float, float, int, float]]:
         """The window's block and its figures (seconds, SRF-check sums), summed in window order by the
         consumer so that the report does not depend on which worker finished first."""
         t0 = time.perf_counter()
-        block, msi_block = plan.predict_window(window)
+        block, msi_block = predict(window)
         seconds = time.perf_counter() - t0
         good = block if all_good else block[hsi.good_bands]  # boolean indexing would copy every band
         with torch.inference_mode():  # torch's threads: numpy's BLAS pool would compete with GDAL's
@@ -596,25 +617,24 @@ def write_fusion(
         return block, figures
 
     started = time.perf_counter()
-    writing = 0.0
+    bands = OutputBands(hsi.wavelengths_nm, hsi.fwhm_nm, good=hsi.good_bands)
     with HSIWriter(
-        output, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-        wavelengths_nm=hsi.wavelengths_nm, fwhm_nm=hsi.fwhm_nm, good_bands=hsi.good_bands,
-        tile=options.tile_size, compress=options.compress, num_threads=options.num_threads,
+        output, grid, bands, output_encoding(hsi, options), tags=keep_tags, parameters=options.to_dict(),
         overwrite=options.overwrite, inputs=list(inputs) or [*hsi.paths, *plan.msi.paths],
-        tags=keep_tags, parameters=options.to_dict(), **output_encoding(hsi, options.dtype),
     ) as writer:
-        windows = list(writer.block_windows())
+        windows = plan.output_windows()
         first, total = (len(windows), 2 * len(windows)) if refined else (0, len(windows))
+
+        def ordered_blocks() -> Iterator[tuple[Window, np.ndarray]]:
+            with closing(pipelined(produce, windows)) as results:  # closed with this generator: stops the workers
+                for i, (window, (block, figures)) in enumerate(results):
+                    for key, value in zip(("predict", "sq_error", "sq_count", "msi_sum"), figures):
+                        stats[key] += value
+                    yield window, block
+                    _tick(progress, first + i + 1, total, "write")
+
         with torch_threads(options.torch_threads):
-            for i, (window, (block, figures)) in enumerate(pipelined(produce, windows)):
-                for key, value in zip(("predict", "sq_error", "sq_count", "msi_sum"), figures):
-                    stats[key] += value
-                t0 = time.perf_counter()
-                writer.write_block(block, window)
-                writing += time.perf_counter() - t0
-                del block
-                _tick(progress, first + i + 1, total, "write")
+            writing = writer.write_blocks(ordered_blocks())
         report.output = str(Path(output))
         report.predict_seconds = stats["predict"] - report.correction_seconds
         report.encode_write_seconds = writing
@@ -742,5 +762,5 @@ def _json(obj: Any) -> str:
 
 __all__ = [
     "FuseOptions", "FuseReport", "FusionPlan", "consistency_correction", "default_output_path", "fuse_files",
-    "output_encoding", "pipelined", "prepare_fusion", "torch_threads", "write_fusion", "replace",
+    "output_encoding", "pipelined", "prepare_fusion", "usable_cores", "write_fusion",
 ]

@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -518,7 +518,7 @@ class SpectraLift:
         return self._net
 
     # ------------------------------------------------------------------ fit
-    def fit(self, lr_hsi: np.ndarray, R: np.ndarray, progress: Progress | None = None) -> "SpectraLift":
+    def fit(self, lr_hsi: np.ndarray, R: np.ndarray, progress: Progress | None = None) -> SpectraLift:
         """Train on an LR-HSI ``(C, h, w)`` and a response matrix ``R`` ``(m, C)``; returns ``self``."""
         t0 = time.perf_counter()
         lr_hsi = np.asarray(lr_hsi)

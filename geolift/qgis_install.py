@@ -15,9 +15,9 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from configparser import ConfigParser
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from geolift.errors import OutputError
 
@@ -93,15 +93,6 @@ def _library_sensors() -> list[str]:
     from geolift import srf
 
     return list(srf.sensors())
-
-
-def _geolift_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("geolift")
-    except PackageNotFoundError:
-        return "0.0.0"
 
 
 # --------------------------------------------------------------------------- QGIS3.ini
@@ -201,7 +192,8 @@ def install_plugin(
     if command is None:
         command, default_path = geolift_command()
         pythonpath = default_path if pythonpath is None else pythonpath
-    version = _geolift_version()
+    from geolift import __version__ as version
+
     config = {
         "geolift_version": version,
         "command": [str(part) for part in command],

@@ -4,10 +4,8 @@ SpectraLift maps each HR-MSI pixel to an HSI spectrum on its own, so its result 
 the network's error) but nothing ties it to the LR-HSI it was trained on: blurred and aggregated to the LR grid it
 misses whatever the few MSI bands cannot tell apart. This module adds that missing low-resolution part back:
 
-1. **PSF from the data** (:func:`estimate_psf`): the synthetic LR-MSI ``Z = R·Y`` must equal the HR-MSI ``M``
-   blurred and aggregated to the LR grid, ``D(B*M)``. A parametric kernel (isotropic Gaussian, optionally Moffat)
-   and the border convention are fitted by least squares, jointly with a gain and offset per band so that a
-   radiometric difference between the sensors does not bias the width.
+1. **PSF from the data** (:func:`geolift.blur.estimate_psf`): the synthetic LR-MSI ``Z = R·Y`` must equal the
+   HR-MSI ``M`` blurred and aggregated to the LR grid, ``D(B*M)``; a parametric kernel is fitted to that.
 2. **Consistency** (:func:`solve_correction`): the LR residual ``E = Y - D(B*X0)`` is explained by a smooth LR
    correction ``e`` with ``(D B U) e ≈ E`` (``U``: cubic interpolation to the HR grid), solved in the Fourier domain
    with a Tikhonov weight chosen by generalised cross-validation (no noise level needed). Before solving, ``E`` is
@@ -15,27 +13,24 @@ misses whatever the few MSI bands cannot tell apart. This module adds that missi
    HR-MSI sees: ``R·X = R·X0`` exactly.
 3. ``X = X0 + U(e)``.
 
-Everything is separable. The grids are described by two north-up affine transforms (:class:`GridPair`), so the
-same code serves the Wald case (integer ratio, same origin) and real pairs (e.g. 30 m EnMAP on a 3.6 m grid with
-offset origins): along each axis an HR pixel belongs to the LR pixel that contains its centre. The blur is a sum of
-at most a few separable terms (SVD of the kernel), so ``D·B`` is ``Σ_k Gy_k ⊗ Gx_k`` with sparse per-axis
-matrices, and a tile's contribution to the LR sums is ``Gy_k[:, rows] · X0_tile · Gx_k[:, cols]ᵀ`` - no halo is
-needed and tiles can be added in any order (:class:`LowResAccumulator`). Pass 2 adds
-:func:`correction_for_tile` to each recomputed tile. :func:`refine` runs both passes in memory.
+Everything is separable (:mod:`geolift.blur`: ``D·B`` is ``Σ_k Gy_k ⊗ Gx_k`` with sparse per-axis matrices), so a
+tile's contribution to the LR sums is ``Gy_k[:, rows] · X0_tile · Gx_k[:, cols]ᵀ`` - no halo is needed and tiles can
+be added in any order (:class:`LowResAccumulator`). Pass 2 adds :func:`correction_for_tile` to each recomputed
+tile. :func:`refine` runs both passes in memory.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from affine import Affine
-from scipy import optimize, sparse
+from scipy import optimize
 
-from geolift.errors import AlignmentError, ModelError
+from geolift.blur import GridPair, PSFEstimate, _BlurAggregate, _grid_for, degrade, estimate_psf
+from geolift.errors import ModelError
 from geolift.exact import ExactMatrix
 
 __all__ = [
@@ -55,322 +50,9 @@ __all__ = [
 
 log = logging.getLogger("geolift")
 
-_MAX_SEPARABLE_TERMS = 4
-_SEPARABLE_TOLERANCE = 1e-3  # drop SVD terms below this share of the largest singular value
 #: Spectral components the LR residual is projected onto (see :func:`spectral_subspace`).
 SUBSPACE_RANK = 20
 _GRAM_CHUNK = 65536  # LR pixels per chunk when forming the spectral Gram matrix
-
-
-# ----------------------------------------------------------------------------------------------- geometry
-@dataclass(frozen=True)
-class GridPair:
-    """The HR and LR pixel grids of one scene: two north-up affine transforms in the same CRS, and their sizes.
-
-    Along each axis, HR pixel ``c`` has its centre at LR pixel coordinate ``u = scale·(c + 0.5) + offset``; it
-    belongs to LR pixel ``floor(u)`` (aggregation) and sits at ``u - 0.5`` in LR pixel-centre units (interpolation).
-    """
-
-    hr_transform: Affine
-    hr_shape: tuple[int, int]
-    lr_transform: Affine
-    lr_shape: tuple[int, int]
-
-    def __post_init__(self):
-        for name in ("hr_transform", "lr_transform"):
-            t = Affine(*tuple(getattr(self, name))[:6])
-            if t.b != 0 or t.d != 0:
-                raise AlignmentError("Rotated or sheared grids are not supported by the consistency step.")
-            object.__setattr__(self, name, t)
-        object.__setattr__(self, "hr_shape", (int(self.hr_shape[0]), int(self.hr_shape[1])))
-        object.__setattr__(self, "lr_shape", (int(self.lr_shape[0]), int(self.lr_shape[1])))
-        if self.scale_x <= 0 or self.scale_y <= 0:
-            raise AlignmentError("The HR and LR grids must have the same orientation (both north-up).")
-        if self.scale_x >= 1 or self.scale_y >= 1:
-            raise AlignmentError("The HR grid must have smaller pixels than the LR grid.")
-
-    @classmethod
-    def aligned(cls, lr_shape: tuple[int, int], ratio: int | float) -> "GridPair":
-        """The Wald-protocol relation: HR grid ``ratio`` times finer, same origin (pixel units)."""
-        h, w = int(lr_shape[0]), int(lr_shape[1])
-        return cls(Affine.identity(), (round(h * ratio), round(w * ratio)), Affine.scale(float(ratio)), (h, w))
-
-    @property
-    def scale_x(self) -> float:
-        return self.hr_transform.a / self.lr_transform.a
-
-    @property
-    def scale_y(self) -> float:
-        return self.hr_transform.e / self.lr_transform.e
-
-    @property
-    def offset_x(self) -> float:
-        return (self.hr_transform.c - self.lr_transform.c) / self.lr_transform.a
-
-    @property
-    def offset_y(self) -> float:
-        return (self.hr_transform.f - self.lr_transform.f) / self.lr_transform.e
-
-    @property
-    def ratio(self) -> float:
-        """Mean number of HR pixels per LR pixel side."""
-        return 0.5 * (1.0 / self.scale_x + 1.0 / self.scale_y)
-
-    def axis(self, which: str) -> "_Axis":
-        if which == "y":
-            return _Axis(self.hr_shape[0], self.lr_shape[0], self.scale_y, self.offset_y)
-        return _Axis(self.hr_shape[1], self.lr_shape[1], self.scale_x, self.offset_x)
-
-    def crop(self, hr_rows: tuple[int, int], hr_cols: tuple[int, int]) -> "GridPair":
-        """The pair for an HR window (and the full LR grid): used to estimate the PSF on part of a scene."""
-        (r0, r1), (c0, c1) = hr_rows, hr_cols
-        return GridPair(self.hr_transform * Affine.translation(c0, r0), (r1 - r0, c1 - c0),
-                        self.lr_transform, self.lr_shape)
-
-
-@dataclass(frozen=True)
-class _Axis:
-    n_hr: int
-    n_lr: int
-    scale: float
-    offset: float
-
-    def lr_coordinate(self, hr_index: np.ndarray) -> np.ndarray:
-        return self.scale * (np.asarray(hr_index, dtype=np.float64) + 0.5) + self.offset
-
-    def aggregation(self) -> sparse.csr_matrix:
-        """(n_lr, n_hr) 0/1 matrix: HR pixel c counts for the LR pixel containing its centre."""
-        cols = np.arange(self.n_hr)
-        rows = np.floor(self.lr_coordinate(cols)).astype(np.int64)
-        inside = (rows >= 0) & (rows < self.n_lr)
-        return sparse.csr_matrix((np.ones(inside.sum()), (rows[inside], cols[inside])), shape=(self.n_lr, self.n_hr))
-
-    def cubic_taps(self, hr_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keys cubic interpolation (a = -0.5) from LR pixel centres to the HR pixel centres ``hr_index``: the
-        (n, 4) LR indices (edges clamped) and weights. They depend on the HR index alone, not on the tile."""
-        position = self.lr_coordinate(hr_index) - 0.5
-        index = np.floor(position).astype(np.int64)[:, None] + np.arange(-1, 3)
-        return np.clip(index, 0, self.n_lr - 1), _keys_cubic(position[:, None] - index)
-
-    def interpolation(self, hr_index: np.ndarray | None = None) -> sparse.csr_matrix:
-        """(n, n_lr) Keys cubic interpolation (a = -0.5) from LR pixel centres to HR pixel centres, edges clamped."""
-        hr_index = np.arange(self.n_hr) if hr_index is None else np.asarray(hr_index)
-        index, weight = self.cubic_taps(hr_index)
-        rows = np.repeat(np.arange(len(hr_index)), 4)
-        return sparse.csr_matrix((weight.ravel(), (rows, index.ravel())), shape=(len(hr_index), self.n_lr))
-
-
-def _keys_cubic(s: np.ndarray, a: float = -0.5) -> np.ndarray:
-    s = np.abs(s)
-    near = (a + 2) * s**3 - (a + 3) * s**2 + 1
-    far = a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a
-    return np.where(s <= 1, near, np.where(s < 2, far, 0.0))
-
-
-def _convolution(n: int, taps: np.ndarray, boundary: str) -> sparse.csr_matrix:
-    """(n, n) matrix of a 1-D 'same' convolution with ``taps`` (odd length): zero or nearest-edge border."""
-    k = len(taps) // 2
-    rows, cols, vals = [], [], []
-    out = np.arange(n)
-    for t, weight in enumerate(taps):
-        src = out + t - k  # taps are symmetric in use (isotropic kernels); correlation == convolution
-        if boundary == "zero":
-            keep = (src >= 0) & (src < n)
-            rows.append(out[keep]), cols.append(src[keep]), vals.append(np.full(keep.sum(), weight))
-        else:
-            rows.append(out), cols.append(np.clip(src, 0, n - 1)), vals.append(np.full(n, weight))
-    return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-
-
-# ----------------------------------------------------------------------------------------------- PSF
-@dataclass(frozen=True)
-class PSFEstimate:
-    """A blur kernel in HR pixels, as estimated from the data (or given), and the border convention.
-
-    ``family``: ``"gaussian"`` (``width`` = σ) or ``"moffat"`` (``width`` = core α, ``beta``). ``boundary``:
-    ``"nearest"`` (the scene continues like its edge, real sensors) or ``"zero"`` (dark outside, the Wald
-    protocol's simulation convention) - whichever fits the data better. ``residual``: relative misfit of the fit
-    (share of the LR-MSI variance left unexplained); ``gain``/``offset``: per MSI band, ``Z ≈ gain·D(B*M) + offset``.
-    """
-
-    family: str
-    width: float
-    beta: float | None = None
-    boundary: str = "nearest"
-    residual: float = float("nan")
-    gain: np.ndarray | None = field(default=None, compare=False, repr=False)
-    offset: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def radius(self) -> int:
-        if self.family == "gaussian":
-            return max(1, int(math.ceil(3.5 * self.width)))
-        # where the Moffat profile falls to 1e-3 of its peak, capped
-        reach = self.width * math.sqrt(1000.0 ** (1.0 / self.beta) - 1.0)
-        return max(1, min(int(math.ceil(reach)), int(math.ceil(12 * self.width)) + 1))
-
-    @property
-    def fwhm(self) -> float:
-        """Full width at half maximum in HR pixels (comparable across families)."""
-        if self.family == "gaussian":
-            return 2.0 * math.sqrt(2.0 * math.log(2.0)) * self.width
-        return 2.0 * self.width * math.sqrt(2.0 ** (1.0 / self.beta) - 1.0)
-
-    def kernel(self) -> np.ndarray:
-        """The (2·radius+1)² kernel, summing to 1."""
-        offsets = np.arange(-self.radius, self.radius + 1, dtype=np.float64)
-        r2 = offsets[None, :] ** 2 + offsets[:, None] ** 2
-        if self.family == "gaussian":
-            k = np.exp(-r2 / (2.0 * self.width**2))
-        else:
-            k = (1.0 + r2 / self.width**2) ** (-self.beta)
-        return k / k.sum()
-
-
-def _separable_terms(kernel: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Kernel ≈ Σ_k outer(col_k, row_k) (SVD, a few terms): a Gaussian needs one, a Moffat two or three."""
-    u, s, vt = np.linalg.svd(np.asarray(kernel, dtype=np.float64))
-    terms = []
-    for i in range(min(_MAX_SEPARABLE_TERMS, len(s))):
-        if s[i] < _SEPARABLE_TOLERANCE * s[0]:
-            break
-        terms.append((u[:, i] * math.sqrt(s[i]), vt[i] * math.sqrt(s[i])))
-    return terms
-
-
-@dataclass
-class _BlurAggregate:
-    """D·B on a grid pair as Σ_k Gy_k ⊗ Gx_k (sums, not means) plus the HR-pixel counts per LR pixel."""
-
-    gy: list[sparse.csr_matrix]
-    gx: list[sparse.csr_matrix]
-    count_y: np.ndarray
-    count_x: np.ndarray
-
-    @classmethod
-    def build(cls, grid: GridPair, kernel: np.ndarray, boundary: str) -> "_BlurAggregate":
-        ay, ax = grid.axis("y"), grid.axis("x")
-        sy, sx = ay.aggregation(), ax.aggregation()
-        gy, gx = [], []
-        for col, row in _separable_terms(kernel):
-            gy.append((sy @ _convolution(ay.n_hr, col, boundary)).tocsr())
-            gx.append((sx @ _convolution(ax.n_hr, row, boundary)).tocsr())
-        return cls(gy, gx, np.asarray(sy.sum(axis=1)).ravel(), np.asarray(sx.sum(axis=1)).ravel())
-
-    def sums(self, block: np.ndarray, rows: slice | None = None, cols: slice | None = None,
-             out: np.ndarray | None = None) -> np.ndarray:
-        """LR sums ``Σ_k Gy_k[:, rows] · block · Gx_k[:, cols]ᵀ`` for a (bands, r, c) HR block (no NaN), added
-        into ``out`` (bands, h, w) when given (only the LR pixels the block reaches are touched)."""
-        bands, r, c = block.shape
-        rows = rows or slice(0, r)
-        cols = cols or slice(0, c)
-        if out is None:
-            out = np.zeros((bands, self.gy[0].shape[0], self.gx[0].shape[0]))
-        flat = np.ascontiguousarray(block.transpose(1, 0, 2)).reshape(r, bands * c)  # (r, bands·c)
-        for gy, gx in zip(self.gy, self.gx):
-            gyt = gy[:, rows]
-            gxt = gx[:, cols]
-            active_y = np.flatnonzero(np.diff(gyt.indptr))
-            active_x = np.flatnonzero(np.diff(gxt.indptr))
-            step = np.asarray(gyt[active_y] @ flat).reshape(len(active_y) * bands, c)  # (ly·bands, c)
-            part = np.asarray((gxt[active_x] @ step.T).T).reshape(len(active_y), bands, len(active_x))
-            out[:, active_y[:, None], active_x[None, :]] += part.transpose(1, 0, 2)
-        return out
-
-    @property
-    def counts(self) -> np.ndarray:
-        return np.outer(self.count_y, self.count_x)
-
-
-def degrade(hr: np.ndarray, grid: GridPair, psf: PSFEstimate) -> np.ndarray:
-    """``D(B*hr)``: blur with the PSF and average onto the LR grid; LR pixels with no HR pixel or a NaN give NaN."""
-    op = _BlurAggregate.build(grid, psf.kernel(), psf.boundary)
-    return _degrade_with(op, hr)
-
-
-def _degrade_with(op: _BlurAggregate, hr: np.ndarray) -> np.ndarray:
-    hr = np.asarray(hr, dtype=np.float64)
-    finite = np.all(np.isfinite(hr), axis=0)
-    sums = op.sums(np.where(finite[None], hr, 0.0))
-    reach = op.sums((~finite)[None].astype(np.float64))[0]
-    counts = op.counts
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = sums / counts
-    out[:, (counts == 0) | (reach > 1e-9)] = np.nan
-    return out
-
-
-def _fit_misfit(z: np.ndarray, dbm: np.ndarray, mask: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Per band least squares z ≈ g·dbm + o on ``mask``; returns (share of z's variance unexplained, g, o)."""
-    gains, offsets, unexplained, total = [], [], 0.0, 0.0
-    for zb, db in zip(z, dbm):
-        y, x = zb[mask], db[mask]
-        xc, yc = x - x.mean(), y - y.mean()
-        g = float(xc @ yc / max(xc @ xc, 1e-30))
-        o = float(y.mean() - g * x.mean())
-        unexplained += float(np.sum((yc - g * xc) ** 2))
-        total += float(yc @ yc)
-        gains.append(g), offsets.append(o)
-    return unexplained / max(total, 1e-30), np.array(gains), np.array(offsets)
-
-
-def estimate_psf(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair | None = None, *,
-                 ratio: float | None = None, families: tuple[str, ...] = ("gaussian",),
-                 boundaries: tuple[str, ...] = ("nearest", "zero")) -> PSFEstimate:
-    """Estimate the LR sensor's blur (in HR pixels) from the two observations.
-
-    Minimises ``||R·Y - (gain·D(B*M) + offset)||²`` over the kernel's width (and shape for Moffat) and the border
-    convention, on the LR pixels whose HR footprint lies inside ``hr_msi`` and that are finite. ``hr_msi`` may be a
-    window of the scene (``grid`` then describes that window; see :meth:`GridPair.crop`), which keeps this cheap
-    on large scenes. Give ``grid`` or, for the Wald case (same origin, integer ratio), ``ratio``.
-    """
-    lr_hsi = np.asarray(lr_hsi, dtype=np.float64)
-    hr_msi = np.asarray(hr_msi, dtype=np.float64)
-    R = np.asarray(R, dtype=np.float64)
-    grid = _grid_for(grid, ratio, lr_hsi.shape[1:], hr_msi.shape[1:])
-    z = np.tensordot(R, lr_hsi, axes=1)
-    r = grid.ratio
-    best: PSFEstimate | None = None
-    for boundary in boundaries:
-        for family in families:
-            betas = [None] if family == "gaussian" else [1.5, 2.5, 4.0]
-            for beta in betas:
-                def misfit(log_width: float) -> float:
-                    psf = PSFEstimate(family, math.exp(log_width), beta, boundary)
-                    return _psf_misfit(z, hr_msi, grid, psf)[0]
-
-                lo, hi = math.log(0.1 * r), math.log(3.0 * r)
-                res = optimize.minimize_scalar(misfit, bounds=(lo, hi), method="bounded",
-                                               options={"xatol": 0.01})
-                value, gain, offset = _psf_misfit(z, hr_msi, grid, PSFEstimate(family, math.exp(res.x), beta, boundary))
-                candidate = PSFEstimate(family, float(math.exp(res.x)), beta, boundary, float(value), gain, offset)
-                log.debug("PSF fit %s", candidate)
-                if best is None or candidate.residual < best.residual:
-                    best = candidate
-    if best is None or not math.isfinite(best.residual):
-        raise ModelError("The blur could not be estimated: the two scenes share no valid low-resolution pixel.")
-    return best
-
-
-def _psf_misfit(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate):
-    dbm = degrade(hr_msi, grid, psf)
-    op_counts = np.outer(grid.axis("y").aggregation().sum(axis=1), grid.axis("x").aggregation().sum(axis=1))
-    full = op_counts >= 0.999 * np.floor(1.0 / grid.scale_y) * np.floor(1.0 / grid.scale_x)
-    mask = full & np.all(np.isfinite(z), axis=0) & np.all(np.isfinite(dbm), axis=0)
-    if mask.sum() < 4:
-        return float("inf"), None, None
-    return _fit_misfit(z, dbm, mask)
-
-
-def _grid_for(grid: GridPair | None, ratio, lr_shape, hr_shape) -> GridPair:
-    if grid is None:
-        if ratio is None:
-            raise ModelError("Give either the grid pair (two transforms) or the integer ratio of the Wald case.")
-        grid = GridPair.aligned(lr_shape, ratio)
-    if tuple(grid.lr_shape) != tuple(lr_shape) or tuple(grid.hr_shape) != tuple(hr_shape):
-        raise ModelError(f"The grid pair describes LR {grid.lr_shape} / HR {grid.hr_shape} pixels but the arrays "
-                         f"are LR {tuple(lr_shape)} / HR {tuple(hr_shape)}.")
-    return grid
 
 
 # ----------------------------------------------------------------------------------------------- pass 1
@@ -545,7 +227,7 @@ class Correction:
     @classmethod
     def from_cubes(cls, lr: np.ndarray, degraded: np.ndarray, grid: GridPair, response: np.ndarray,
                    regularization: float, lr_kernel: np.ndarray, residual_before: float = float("nan"),
-                   residual_after: float = float("nan"), dark_fraction: float = 0.5) -> "Correction":
+                   residual_after: float = float("nan"), dark_fraction: float = 0.5) -> Correction:
         """A correction given as full (C, h, w) cubes (identity bases): for tests and hand-made corrections."""
         eye = np.eye(np.shape(lr)[0], dtype=np.float32)
         return cls(np.asarray(lr, np.float32), eye, np.asarray(degraded, np.float32), eye, grid,

@@ -1,73 +1,26 @@
-"""Shared fixtures for the fusion tests: the sample-data paths, a GeoTIFF writer, and a Wald-protocol case.
+"""Shared fixtures for the fusion tests: the sample-data pair, a GeoTIFF writer, and a Wald-protocol case.
 
 The Wald case is the small Potsdam EnMAP cube (128 x 64 px, 218 good bands) degraded as in the SpectraLift paper
 (ratio 4, Sentinel-2A B2, B3, B4, B8) and written once per session as two GeoTIFFs, so the file pipeline can be
-checked against a known ground truth in a second or two of training.
+checked against a known ground truth in a second or two of training. Plain helpers are in helpers.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
-from rasterio.crs import CRS
+from helpers import (
+    WALD_BANDS,
+    WALD_RATIO,
+    BerlinPair,
+    WaldFiles,
+    read_potsdam_cube,
+    temp_leftovers,
+    write_tif,
+)
 
 from geolift import evaluate, srf
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "sample_data"
-POTSDAM_CUBE = SAMPLE / "enmap_l2a_potsdam_mosaic_128x64_224b.tif"
-WALD_BANDS = ("B2", "B3", "B4", "B8")
-WALD_RATIO = 4
-
-
-def write_tif(
-    path: Path,
-    data: np.ndarray,
-    *,
-    crs: CRS | str | None,
-    transform: Affine | None,
-    wavelengths: Sequence[float] | None = None,
-    fwhm: Sequence[float] | None = None,
-    descriptions: Sequence[str] | None = None,
-    nodata: float | None = None,
-    tags: dict | None = None,
-) -> Path:
-    """Write a ``(bands, rows, cols)`` array as a GeoTIFF with optional wavelength tags and band descriptions.
-
-    ``crs=None``/``transform=None`` writes a file without georeferencing (for the error tests).
-    """
-    data = np.asarray(data)
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype.name, nodata=nodata)
-    if crs is not None:
-        profile["crs"] = crs
-    if transform is not None:
-        profile["transform"] = transform
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as ds:
-            ds.write(data)
-            for i in range(data.shape[0]):
-                band_tags = {}
-                if wavelengths is not None:
-                    band_tags.update(wavelength=repr(float(wavelengths[i])), wavelength_units="Nanometers")
-                if fwhm is not None:
-                    band_tags["fwhm"] = repr(float(fwhm[i]))
-                if band_tags:
-                    ds.update_tags(i + 1, **band_tags)
-                if descriptions is not None:
-                    ds.set_band_description(i + 1, descriptions[i])
-            if tags:
-                ds.update_tags(**tags)
-    return Path(path)
 
 
 @pytest.fixture(scope="module")
@@ -91,59 +44,9 @@ def write_raster():
     return write_tif
 
 
-@dataclass(frozen=True)
-class BerlinPair:
-    """The real Berlin sample pair: EnMAP-simulated 30 m (177 bands) and HyMap 3.6 m (4 bands)."""
-
-    hsi_tif: Path = SAMPLE / "enmap_sim_berlin_30m_177b.tif"
-    msi_tif: Path = SAMPLE / "hymap_berlin_3p6m_4b.tif"
-    hsi_envi: Path = SAMPLE / "EnMAP_BerlinUrbanGradient.bsq"
-    hsi_envi_hdr: Path = SAMPLE / "EnMAP_BerlinUrbanGradient.hdr"
-    msi_envi: Path = SAMPLE / "HighResolution_BerlinUrbanGradient.bsq"
-    msi_envi_hdr: Path = SAMPLE / "HighResolution_BerlinUrbanGradient.hdr"
-
-
 @pytest.fixture(scope="session")
 def berlin() -> BerlinPair:
     return BerlinPair()
-
-
-def read_potsdam_cube() -> tuple[np.ndarray, np.ndarray, np.ndarray, CRS, Affine]:
-    """The Potsdam cube's good bands sorted by wavelength, with band centres/FWHM (nm), CRS and transform.
-
-    EnMAP's VNIR and SWIR detectors overlap (902-993 nm), so file order is not wavelength order; the Wald files are
-    written sorted, as benchmarks/potsdam_wald.py does (no metric depends on band order). The unsorted original is
-    tested as such in test_fuse.py.
-    """
-    with rasterio.open(POTSDAM_CUBE) as ds:
-        cube = ds.read().astype(np.float32)
-        band_tags = [ds.tags(i + 1) for i in range(ds.count)]
-        nodata, crs, transform = ds.nodata, ds.crs, ds.transform
-    cube[cube == nodata] = np.nan
-    good = np.array([t.get("bbl", "1") != "0" for t in band_tags])
-    wavelengths = np.array([float(t["wavelength"]) for t in band_tags])
-    fwhm = np.array([float(t["fwhm"]) for t in band_tags])
-    order = np.flatnonzero(good)[np.argsort(wavelengths[good], kind="stable")]
-    return cube[order], wavelengths[order], fwhm[order], crs, transform
-
-
-@dataclass(frozen=True)
-class WaldFiles:
-    """A Wald-protocol case in memory and on disk (float32 GeoTIFFs, values in [0, 1])."""
-
-    hsi: Path  # LR-HSI, 4x coarser geotransform than the HR grid, same origin, wavelength/FWHM tags
-    msi: Path  # HR-MSI, band descriptions B2, B3, B4, B8
-    gt: np.ndarray  # (218, 64, 128) ground truth on the HR grid
-    lr_hsi: np.ndarray  # (218, 16, 32)
-    hr_msi: np.ndarray  # (4, 64, 128)
-    R: np.ndarray  # (4, 218)
-    wavelengths: np.ndarray
-    fwhm: np.ndarray
-    crs: CRS
-    hr_transform: Affine
-    lr_transform: Affine
-    bands: tuple[str, ...] = WALD_BANDS
-    ratio: int = WALD_RATIO
 
 
 @pytest.fixture(scope="session")
@@ -162,21 +65,7 @@ def wald(tmp_path_factory) -> WaldFiles:
                      lr_transform=lr_transform)
 
 
-def temp_leftovers(folder: Path) -> list[Path]:
-    """Temporary files geolift would leave behind after a failed write (``.<name>.geolift-tmp-*``)."""
-    return sorted(Path(folder).glob(".*geolift-tmp-*")) + sorted(Path(folder).glob(".geolift-probe-*"))
-
-
 @pytest.fixture(scope="session")
 def leftovers():
     """The :func:`temp_leftovers` helper."""
     return temp_leftovers
-
-
-
-def box_response(n_msi: int, n_hsi: int) -> np.ndarray:
-    """m x C response with contiguous, equal-width box rows summing to 1 (no SRF library needed)."""
-    R = np.zeros((n_msi, n_hsi))
-    for i, part in enumerate(np.array_split(np.arange(n_hsi), n_msi)):
-        R[i, part] = 1.0 / len(part)
-    return R

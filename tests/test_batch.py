@@ -24,16 +24,26 @@ import rasterio
 import torch
 from affine import Affine
 from distributed import Client, get_task_stream
+from helpers import read_potsdam_cube, write_tif
 from typer.testing import CliRunner
 
 from geolift import evaluate, srf
 from geolift.batch import (
-    BatchJob, BatchSettings, JobEvent, gdal_path, is_retryable, job_fingerprint, job_hash, pair_folders,
-    read_manifest, run_batch, scene_key, sidecar_path, start_local_cluster,
+    BatchJob,
+    BatchSettings,
+    JobEvent,
+    is_retryable,
+    job_fingerprint,
+    job_hash,
+    pair_folders,
+    read_manifest,
+    run_batch,
+    scene_key,
+    sidecar_path,
+    start_local_cluster,
 )
-from geolift.errors import BatchError, InputError
+from geolift.errors import BatchError, InputError, JobsFailedError, OutputError
 from geolift.fuse import FuseOptions, fuse_files
-from conftest import read_potsdam_cube, write_tif
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -221,6 +231,7 @@ def test_manifest_output_column_and_boolean_options(tmp_path):
     ("hsi,msi,harmonize\na.tif,b.tif,maybe\n", "line 2: column 'harmonize' must be true or false"),
     ("hsi,msi\nx/a.tif,b.tif\ny/a.tif,c.tif\n", "line 3: writes the same output"),
     ("hsi,msi,tile_size\na.tif,b.tif,100\n", "multiple of 16"),
+    ("hsi,msi\nsftp://host/a.tif,b.tif\n", "line 2: Unsupported URL scheme 'sftp'"),
 ])
 def test_manifest_mistakes_raise_batch_error_with_the_line(tmp_path, content, expected):
     manifest = tmp_path / "m.csv"
@@ -230,20 +241,20 @@ def test_manifest_mistakes_raise_batch_error_with_the_line(tmp_path, content, ex
     assert expected in str(info.value)
 
 
+def test_a_report_that_cannot_be_written_is_an_output_error(tmp_path):
+    from geolift.batch import BatchReport, JobResult
+
+    report = BatchReport([JobResult("a", "a.tif", "b.tif", str(tmp_path / "a_fused.tif"), "done")],
+                         started_utc="2026-01-01T00:00:00+00:00", seconds=1.0, scheduler="", workers=1)
+    (tmp_path / "batch_report.json").mkdir()  # a folder where the report should go
+    with pytest.raises(OutputError, match="batch report"):
+        report.write(tmp_path)
+    assert not (tmp_path / "batch_report.csv").exists()
+
+
 def test_missing_manifest_is_a_batch_error(tmp_path):
     with pytest.raises(BatchError, match="not found"):
         read_manifest(tmp_path / "nope.csv", tmp_path)
-
-
-def test_gdal_paths_for_urls_and_local_files(tmp_path):
-    assert gdal_path("s3://bucket/a/b.tif") == "/vsis3/bucket/a/b.tif"
-    assert gdal_path("gs://bucket/b.tif") == "/vsigs/bucket/b.tif"
-    assert gdal_path("https://host/x.tif") == "/vsicurl/https://host/x.tif"
-    assert gdal_path("/vsizip//data/a.zip/b.tif") == "/vsizip//data/a.zip/b.tif"
-    assert gdal_path("rel/x.tif", tmp_path) == str(tmp_path / "rel" / "x.tif")
-    assert gdal_path("file:///data/x.tif") == "/data/x.tif"
-    with pytest.raises(BatchError, match="Unsupported URL scheme"):
-        gdal_path("sftp://host/x.tif")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,10 +451,10 @@ def test_cli_batch_exit_codes_report_and_resume(client, first_run, data, tmp_pat
     runner = CliRunner()
 
     # Re-running the first batch through the CLI: the four finished jobs are skipped (Berlin
-    # included), the broken one fails again, so the exit code is 1.
+    # included), the broken one fails again, so the exit code is 7 (some jobs failed; not a generic error's 1).
     result = runner.invoke(app, ["batch", str(manifest), "-o", str(outdir), "--scheduler", address,
                                  "--progress", "none"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == JobsFailedError.exit_code == 7, result.output
     assert "1 of 5 job(s) failed" in result.output
     rows = list(csv.DictReader(open(outdir / "batch_report.csv", newline="")))
     assert [r["status"] for r in rows] == ["skipped"] * 4 + ["failed"]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typer.testing import CliRunner
 import geolift
 from geolift import evaluate, refine
 from geolift.cli import _register_commands, app
+from geolift.errors import GeoliftError
 from geolift.model import SpectraLift
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +156,16 @@ def _output_is_an_input(tmp, wald, write):
                    keep=hsi.read_bytes())
 
 
+def _unknown_preset(tmp, wald, write):
+    return BadCase([wald.hsi, wald.msi, "--sensor", "sentinel2", "--preset", "fastest"], 4, ("fastest", "preset"))
+
+
+def _report_folder_missing(tmp, wald, write):
+    out = tmp / "fused.tif"
+    return BadCase([wald.hsi, wald.msi, "--sensor", "sentinel2", "-o", out, "--report", tmp / "nowhere" / "r.json"],
+                   5, ("report", "nowhere"), output=out)
+
+
 BAD_INPUTS = {
     "missing file": (_missing_file, True),
     "not a raster": (_not_a_raster, True),
@@ -168,6 +180,8 @@ BAD_INPUTS = {
     "output is an input": (_output_is_an_input, True),
     "unknown sensor": (_unknown_sensor, False),
     "unknown band": (_unknown_band, False),
+    "unknown preset": (_unknown_preset, False),
+    "report folder missing": (_report_folder_missing, False),
 }
 
 
@@ -358,3 +372,81 @@ def test_fuse_help_names_the_default_output():
     run = run_geolift(["fuse", "--help"])
     assert run.exit_code == 0
     assert "_fused.tif" in run.stdout and "current folder" in run.stdout
+
+
+# ------------------------------------------------------------------------------------------------ exit codes
+def documented_exit_codes() -> set[int]:
+    """The codes the user guide's "Exit codes:" paragraph lists (0 included)."""
+    text = (REPO / "docs" / "user-guide.md").read_text()
+    paragraph = text[text.index("Exit codes:"):].split("\n\n")[0]
+    return {int(code) for code in re.findall(r"\b(\d+) [a-z]", paragraph)}
+
+
+def test_the_user_guide_documents_every_exit_code():
+    """One code per error class (geolift.errors) plus Ctrl-C and out of memory, all in the user guide."""
+    from geolift import errors
+    from geolift.cli import EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GeoliftError)]
+    codes = {c.exit_code for c in classes} | {EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY}
+    assert codes == {1, 2, 3, 4, 5, 6, 7, 130, 137}
+    assert documented_exit_codes() == codes | {0}
+    assert errors.JobsFailedError.exit_code != errors.GeoliftError.exit_code  # a failed batch is told apart
+
+
+@pytest.mark.parametrize("raised, code, words", [
+    (GeoliftError("something geolift refused"), 1, "something geolift refused"),
+    (KeyboardInterrupt(), 130, "interrupted; no output was written"),
+    (MemoryError(), 137, "--tile-size"),
+])
+def test_run_command_maps_what_escapes_a_command_to_one_line_and_its_code(raised, code, words, capsys):
+    """Codes 1, 130 and 137 come from run_command (the others from the error classes, tested on real input)."""
+    import typer
+
+    from geolift.cli import run_command
+
+    def action():
+        raise raised
+
+    with pytest.raises(typer.Exit) as exit_info:
+        run_command(action)
+    assert exit_info.value.exit_code == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("geolift: error:") and words in err
+    assert "--block-size" not in err  # no command has that option
+
+
+def test_ctrl_c_during_training_exits_130_and_leaves_nothing(wald, tmp_path, leftovers):
+    """A real SIGINT to a running `geolift fuse`: exit 130, one line, no output and no temporary file."""
+    out = tmp_path / "fused.tif"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geolift", "fuse", str(wald.hsi), str(wald.msi), "--sensor", "sentinel2",
+         "--steps", "1000000", "--progress", "plain", "-o", str(out)],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:
+            if "% train" in line:  # training has started
+                break
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "geolift: error: interrupted; no output was written."
+    assert "Traceback" not in err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_report_that_cannot_be_written_is_one_error_and_the_output_is_kept(wald, tmp_path):
+    """--report onto a folder fails only after the fusion: exit 5, one line, the GeoTIFF stays.
+    The bands are given space-separated, as a manifest's bands column is."""
+    (tmp_path / "report.json").mkdir()
+    out = tmp_path / "fused.tif"
+    run = run_geolift(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "--bands", "B2 B3 B4 B8",
+                       "--steps", "20", "--progress", "none", "-o", out, "--report", tmp_path / "report.json"])
+    assert run.exit_code == 5, run.stderr
+    assert error_lines(run) == [run.stderr.strip().splitlines()[-1]]
+    assert "report.json" in error_lines(run)[0] and "Traceback" not in run.stderr
+    assert out.is_file()
+

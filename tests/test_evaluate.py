@@ -102,7 +102,8 @@ def test_nan_pixels_are_excluded_from_every_metric():
     rng = np.random.default_rng(2)
     gt = rng.random((4, 16, 16)) + 0.1
     pred = gt + rng.normal(0, 0.02, gt.shape)
-    base = {"RMSE": ev.rmse(gt, pred), "PSNR": ev.psnr(gt, pred), "SAM": ev.sam(gt, pred), "ERGAS": ev.ergas(gt, pred, 4)}
+    base = {"RMSE": ev.rmse(gt, pred), "PSNR": ev.psnr(gt, pred), "SAM": ev.sam(gt, pred),
+            "ERGAS": ev.ergas(gt, pred, 4)}
     gt_nan, pred_nan = gt.copy(), pred.copy()
     gt_nan[:, 0, 0] = np.nan
     pred_nan[:, 0, 0] = 0.0  # would be a huge error if counted

@@ -1,6 +1,6 @@
 """The fusion pipeline as a library (``geolift.fuse``): real files in, a georeferenced HR-HSI GeoTIFF out.
 
-What the issue asks the pipeline to prove, without the command line: ENVI and GeoTIFF inputs give the same result,
+What the pipeline must prove without the command line: ENVI and GeoTIFF inputs give the same result,
 scenes in different CRSs fuse onto the HR-MSI grid, the tile-streamed output equals an in-memory prediction, a
 deliberate misregistration is found and corrected, real EnMAP L2A files (unsorted wavelengths, bad bands) work, and
 a failed write leaves nothing behind. Training is kept short (100-300 steps); quality claims are relative (to the

@@ -18,9 +18,21 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-import geolift.io
+import geolift.io.read
 from geolift.errors import GeoliftWarning, InputError, MetadataError, OutputError
-from geolift.io import HSIWriter, band_token, block_windows, check_output_path, open_scene, write_hsi
+from geolift.grid import Grid
+from geolift.io import (
+    Encoding,
+    HSIWriter,
+    OutputBands,
+    band_token,
+    block_windows,
+    check_output_path,
+    gdal_path,
+    is_remote,
+    open_scene,
+    write_hsi,
+)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
 ENMAP_TIF = SAMPLES / "enmap_sim_berlin_30m_177b.tif"
@@ -253,7 +265,7 @@ def test_a_large_window_read_in_row_strips_equals_one_read(tmp_path, monkeypatch
     window = Window(col_off=3, row_off=5, width=37, height=61)  # not on block rows
     whole = scene.read(window=window, bands=[4, 0, 2])
     row_bytes = 4 * 3 * 37
-    monkeypatch.setattr(geolift.io, "READ_STRIP_BYTES", 20 * row_bytes)  # -> strips of 16 rows
+    monkeypatch.setattr(geolift.io.read, "READ_STRIP_BYTES", 20 * row_bytes)  # -> strips of 16 rows
     fb = scene.files[0]
     strips = scene._row_strips(fb, window, 3)
     assert strips == [(0, 11), (11, 27), (27, 43), (43, 59), (59, 61)]  # cut on file rows 16, 32, 48, 64
@@ -418,11 +430,21 @@ WAVES = [450.5, 512.3, 600.0, 880.25, 1650.0]
 FWHM = [10.0, 11.5, 12.0, 15.0, 20.0]
 
 
+GOOD = [True, True, True, False, True]
+BANDS = OutputBands(WAVES, FWHM, good=GOOD)
+
+
 def writer_kwargs(**over):
+    """write_hsi's keywords for the test cube's georeferencing and bands."""
     kw = dict(crs=UTM33, transform=from_origin(383469.97, 5818303.55, 3.6, 3.6), wavelengths_nm=WAVES,
-              fwhm_nm=FWHM, good_bands=[True, True, True, False, True])
+              fwhm_nm=FWHM, good_bands=GOOD)
     kw.update(over)
     return kw
+
+
+def grid(width, height):
+    """The test cube's grid, ``width`` x ``height`` pixels."""
+    return Grid(UTM33, from_origin(383469.97, 5818303.55, 3.6, 3.6), width, height)
 
 
 def test_writer_round_trip_float32(tmp_path):
@@ -501,16 +523,16 @@ def test_gdal_command_line_reads_the_metadata(tmp_path):
 def test_streamed_blocks_equal_a_whole_array_write(tmp_path):
     cube = hsi_cube(rows=300, cols=280)
     whole = write_hsi(tmp_path / "whole.tif", cube, **writer_kwargs())
-    with HSIWriter(tmp_path / "streamed.tif", width=280, height=300, tile=256, **writer_kwargs()) as writer:
+    with HSIWriter(tmp_path / "streamed.tif", grid(280, 300), BANDS, Encoding(tile=256)) as writer:
         windows = list(writer.block_windows())
         assert len(windows) == 4 and windows[0] == Window(0, 0, 256, 256)
         for window in reversed(windows):  # any order
             r, c = window.toslices()
             writer.write_block(cube[:, r, c], window)
-    with HSIWriter(tmp_path / "odd.tif", width=280, height=300, **writer_kwargs()) as writer:
-        for window in block_windows(280, 300, 97):  # windows not aligned with tiles
-            r, c = window.toslices()
-            writer.write_block(cube[:, r, c], window)
+    with HSIWriter(tmp_path / "odd.tif", grid(280, 300), BANDS) as writer:
+        seconds = writer.write_blocks(  # an iterable of windows not aligned with tiles
+            (window, cube[(slice(None), *window.toslices())]) for window in block_windows(280, 300, 97))
+    assert seconds > 0
     with rasterio.open(whole) as a, rasterio.open(tmp_path / "streamed.tif") as b, \
             rasterio.open(tmp_path / "odd.tif") as c:
         reference = a.read()
@@ -535,15 +557,14 @@ def test_zstd_option_and_write_block_shape_check(tmp_path):
         assert ds.compression.name == "zstd"
         np.testing.assert_array_equal(ds.read(), cube)
     with pytest.raises(ValueError, match="shape"):
-        with HSIWriter(tmp_path / "bad.tif", width=90, height=70, **writer_kwargs()) as writer:
+        with HSIWriter(tmp_path / "bad.tif", grid(90, 70), BANDS) as writer:
             writer.write_block(cube[:3], Window(0, 0, 90, 70))
     assert not (tmp_path / "bad.tif").exists()
 
 
 def test_bigtiff_option(tmp_path):
-    writer = HSIWriter(tmp_path / "a.tif", width=90, height=70, **writer_kwargs())
-    assert writer.creation_options["BIGTIFF"] == "IF_SAFER"
-    assert writer.creation_options["NUM_THREADS"] == "2"
+    assert Encoding().creation_options["BIGTIFF"] == "IF_SAFER"
+    assert Encoding().creation_options["NUM_THREADS"] == "2"
     small = write_hsi(tmp_path / "small.tif", hsi_cube(), **writer_kwargs())
     big = write_hsi(tmp_path / "big.tif", hsi_cube(), bigtiff="YES", **writer_kwargs())
     assert small.read_bytes()[2] == 42  # classic TIFF while it is safe
@@ -552,13 +573,24 @@ def test_bigtiff_option(tmp_path):
 
 def test_bad_writer_options_raise_output_error(tmp_path):
     with pytest.raises(OutputError, match="int16"):
-        HSIWriter(tmp_path / "a.tif", width=4, height=4, dtype="uint8", **writer_kwargs())
+        Encoding(dtype="uint8")
     with pytest.raises(OutputError, match="multiple of 16"):
-        HSIWriter(tmp_path / "a.tif", width=4, height=4, tile=500, **writer_kwargs())
+        Encoding(tile=500)
     with pytest.raises(OutputError, match="Compression"):
-        HSIWriter(tmp_path / "a.tif", width=4, height=4, compress="jpeg", **writer_kwargs())
+        Encoding(compress="jpeg")
     with pytest.raises(OutputError, match="float32"):
-        HSIWriter(tmp_path / "a.tif", width=4, height=4, scale=1e-4, **writer_kwargs())
+        Encoding(scale=1e-4)
+    with pytest.raises(OutputError, match="int16 range"):
+        Encoding(dtype="int16", nodata=40000)
+    with pytest.raises(OutputError, match="num_threads"):
+        Encoding(num_threads=0)
+    with pytest.raises(OutputError, match="3 band names for 5 bands"):
+        OutputBands(WAVES, names=["a", "b", "c"])
+    with pytest.raises(OutputError, match="at least one band"):
+        OutputBands([])
+    with pytest.raises(OutputError, match="Tile size 500"):  # the same checks through write_hsi
+        write_hsi(tmp_path / "a.tif", hsi_cube(), tile=500, **writer_kwargs())
+    assert os.listdir(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- atomicity and output checks
@@ -567,7 +599,7 @@ def test_bad_writer_options_raise_output_error(tmp_path):
 def test_exception_inside_writer_leaves_no_output_and_no_temp_file(tmp_path):
     cube = hsi_cube()
     with pytest.raises(RuntimeError, match="model crashed"):
-        with HSIWriter(tmp_path / "fused.tif", width=90, height=70, **writer_kwargs()) as writer:
+        with HSIWriter(tmp_path / "fused.tif", grid(90, 70), BANDS) as writer:
             temp = writer.temp_path
             assert temp.parent == tmp_path and temp.name.startswith(".fused.tif.geolift-tmp-")
             writer.write_block(cube[:, :35], Window(0, 0, 90, 35))
@@ -624,7 +656,7 @@ def test_check_output_path_unwritable_folder(tmp_path):
         with pytest.raises(OutputError, match="not writable"):
             check_output_path(folder / "fused.tif")
         with pytest.raises(OutputError):
-            HSIWriter(folder / "fused.tif", width=4, height=4, **writer_kwargs())
+            HSIWriter(folder / "fused.tif", grid(4, 4), BANDS)
     finally:
         locked.chmod(0o700)
 
@@ -642,8 +674,6 @@ def test_gdal_virtual_paths_and_urls_go_to_gdal_untouched(tmp_path):
     """Archives ship zipped or remote: /vsi paths must reach GDAL as written, URLs mapped to /vsi."""
     import zipfile
 
-    from geolift.io import _remote_path
-
     archive = tmp_path / "scene.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(HYMAP_TIF, "hymap.tif")
@@ -652,8 +682,31 @@ def test_gdal_virtual_paths_and_urls_go_to_gdal_untouched(tmp_path):
     assert scene.paths == (f"/vsizip/{archive}/hymap.tif",)
     window = ((10, 20), (30, 45))
     np.testing.assert_array_equal(scene.read(window=window), direct.read(window=window))
-    assert _remote_path("s3://bucket/key/x.tif") == "/vsis3/bucket/key/x.tif"
-    assert _remote_path("https://host/a/b.tif") == "/vsicurl/https://host/a/b.tif"
-    assert _remote_path(tmp_path / "local.tif") is None
+    assert gdal_path("s3://bucket/key/x.tif") == "/vsis3/bucket/key/x.tif"
+    assert gdal_path("https://host/a/b.tif") == "/vsicurl/https://host/a/b.tif"
+    assert gdal_path(tmp_path / "local.tif") == str(tmp_path / "local.tif") and not is_remote(tmp_path / "local.tif")
     with pytest.raises(InputError, match="/vsizip/"):
         open_scene(f"/vsizip/{archive}/missing.tif")
+
+
+def test_one_path_mapper_for_every_entry_point(tmp_path, monkeypatch):
+    """fuse, manifests and pairing share gdal_path: every URL scheme maps the same way everywhere."""
+    assert gdal_path("s3://bucket/a/b.tif") == "/vsis3/bucket/a/b.tif"
+    assert gdal_path("gs://bucket/b.tif") == "/vsigs/bucket/b.tif"
+    assert gdal_path("az://container/b.tif") == "/vsiaz/container/b.tif"
+    assert gdal_path("https://host/x.tif") == "/vsicurl/https://host/x.tif"
+    assert gdal_path("ftp://host/pub/x.tif") == "/vsicurl/ftp://host/pub/x.tif"
+    assert gdal_path("/vsizip//data/a.zip/b.tif") == "/vsizip//data/a.zip/b.tif"
+    assert gdal_path("rel/x.tif", tmp_path) == str(tmp_path / "rel" / "x.tif")
+    monkeypatch.chdir(tmp_path)
+    assert gdal_path("rel/x.tif") == str(tmp_path / "rel" / "x.tif")
+    assert gdal_path("file:///data/x.tif") == "/data/x.tif"
+    with pytest.raises(InputError, match="Unsupported URL scheme 'sftp'"):
+        gdal_path("sftp://host/x.tif")
+    with pytest.raises(InputError, match="sftp"):  # open_scene goes through the same mapper
+        open_scene("sftp://host/x.tif")
+    # An ftp:// URL reaches GDAL (which, offline, cannot read it) instead of being taken for a local file.
+    with pytest.raises(InputError) as excinfo:
+        open_scene("ftp://127.0.0.1:9/x.tif")
+    assert "not found" not in str(excinfo.value) and "/vsicurl/ftp://127.0.0.1:9/x.tif" in str(excinfo.value)
+

@@ -7,11 +7,18 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import box_response
 
 from geolift.errors import GeoliftError, ModelError
-from geolift.model import PRESETS, ExactNetwork, SpectraLift, SpectraLiftMLP, learning_rate_schedule
-from geolift.model import _FlatKerasAdam, _MeanAbsoluteError  # internals checked against their references
-from conftest import box_response
+from geolift.model import (  # internals checked against their references
+    PRESETS,
+    ExactNetwork,
+    SpectraLift,
+    SpectraLiftMLP,
+    _FlatKerasAdam,
+    _MeanAbsoluteError,
+    learning_rate_schedule,
+)
 
 FAST = dict(steps=200)
 
@@ -460,7 +467,7 @@ def test_learns_linear_mixing_and_beats_mean_spectrum(scene):
 
 
 
-# ---------------------------------------------------------------- presets and pixel sampling (issue 6)
+# ----------------------------------------------------------------------------- presets and pixel sampling
 def test_presets_name_their_recipes():
     faithful = SpectraLift(preset="spectralift")
     assert faithful.max_train_pixels is None and faithful.consistency is False

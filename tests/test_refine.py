@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from affine import Affine
+from helpers import box_response
 from scipy import ndimage
 
 from geolift import evaluate as ev
@@ -14,8 +15,6 @@ from geolift import refine as rf
 from geolift import srf
 from geolift.errors import AlignmentError, ModelError
 from geolift.model import SpectraLift
-from conftest import box_response
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -504,3 +504,15 @@ def test_curves_load_through_importlib_resources_from_a_built_wheel(tmp_path):
                          env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "664.6"
+
+
+@pytest.mark.parametrize("text, names", [
+    ("B2,B3,B4,B8", ("B2", "B3", "B4", "B8")),
+    ("B2, B3 ;B4", ("B2", "B3", "B4")),
+    ("B2 B3  B4\tB8", ("B2", "B3", "B4", "B8")),
+    ("Red Edge,NIR", ("Red Edge", "NIR")),  # with separators, a custom SRF column may hold a space
+    ("", None), ("  ", None), (None, None), (",;", None),
+])
+def test_one_band_list_parser_for_fuse_batch_and_manifests(text, names):
+    assert srf.parse_band_list(text) == names
+

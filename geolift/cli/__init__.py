@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import typer
 
@@ -26,25 +27,30 @@ app = typer.Typer(
 )
 
 T = TypeVar("T")
+
+#: Exit codes the CLI adds to those of the error classes (geolift.errors): Ctrl-C, and memory ran out.
+EXIT_INTERRUPTED = 130
+EXIT_OUT_OF_MEMORY = 137
+
 log = logging.getLogger("geolift")
 
 
-def fail(message: str, exit_code: int = 1) -> "typer.Exit":
+def fail(message: str, exit_code: int = 1) -> typer.Exit:
     """Print one clear sentence on stderr and return the Exit to raise."""
     typer.echo(f"geolift: error: {message}", err=True)
     return typer.Exit(code=exit_code)
 
 
-def run_command(action: Callable[[], T]) -> T:
-    """Run ``action``; map geolift errors, a missing file and Ctrl-C to clean exits."""
+def run_command(action: Callable[[], T], interrupted: str = "interrupted; no output was written.") -> T:
+    """Run ``action``; map geolift errors, Ctrl-C (``interrupted`` says what was kept) and memory to clean exits."""
     try:
         return action()
     except GeoliftError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
-        raise fail("interrupted; no output was written.", 130) from None
+        raise fail(interrupted, EXIT_INTERRUPTED) from None
     except MemoryError:
-        raise fail("out of memory; try a smaller --block-size or fewer threads.", 137) from None
+        raise fail("out of memory; try a smaller --tile-size or fewer --threads.", EXIT_OUT_OF_MEMORY) from None
 
 
 def setup_logging(quiet: bool, verbose: bool = False) -> None:

@@ -1,24 +1,21 @@
 """``geolift batch``: fuse many scene pairs on a Dask cluster, resumably (see ``geolift.batch``)."""
 
-from __future__ import annotations
-
 import logging
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from geolift.cli.choices import Compression, OutputType, ProgressMode
-from geolift.cli import app, fail, run_command, setup_logging
+from geolift.cli import EXIT_INTERRUPTED, app, fail, run_command, setup_logging
+from geolift.cli.options import DisplayChoices, FusionChoices, with_options
 
 log = logging.getLogger("geolift")
 
-#: Exit code when the batch ran but some jobs failed (a batch that cannot run at all exits with
-#: BatchError's code, 6; an interrupted one with 130).
-EXIT_JOBS_FAILED = 1
+INTERRUPTED = "interrupted; finished outputs are kept and the next run resumes."
 
 #: Above this many jobs the summary table lists only the failed ones.
 TABLE_ROWS = 50
@@ -60,13 +57,6 @@ def _setup_batch_logging(quiet: bool, log_file: Path) -> list[tuple[logging.Logg
     log.setLevel(logging.INFO)
     logging.getLogger("distributed").addHandler(dasks)
     return [(log, ours), (logging.getLogger("distributed"), dasks)]
-
-
-def _split_bands(text: Optional[str]) -> Optional[tuple[str, ...]]:
-    if not text:
-        return None
-    names = tuple(b for b in text.replace(";", ",").replace(" ", ",").split(",") if b.strip())
-    return tuple(n.strip() for n in names) or None
 
 
 @contextmanager
@@ -148,65 +138,55 @@ def _print_summary(report, outdir: Path, json_path: Path, csv_path: Path, quiet:
 
 
 @app.command("batch")
+@with_options(fusion=FusionChoices, display=DisplayChoices)
 def batch(
-    manifest: Optional[Path] = typer.Argument(
-        None, help="CSV manifest: header hsi,msi[,sensor,bands,output,steps,seed,...], one line per job. "
-        "Relative paths are relative to the manifest's folder. Leave out to pair --hsi-dir with --msi-dir.",
-    ),
-    outdir: Path = typer.Option(..., "--outdir", "-o", help="Output folder (created if missing)."),
-    hsi_dir: Optional[Path] = typer.Option(None, "--hsi-dir", help="Pairing mode: folder of HSI scenes."),
-    msi_dir: Optional[Path] = typer.Option(None, "--msi-dir", help="Pairing mode: folder of MSI scenes."),
-    match: Optional[str] = typer.Option(
-        None, "--match", help="Pairing mode: regex with one group capturing the scene id in file names "
+    manifest: Annotated[Optional[Path], typer.Argument(
+        help="CSV manifest: header hsi,msi[,sensor,bands,output,steps,seed,...], one line per job; its cells "
+        "override the options below for that job. Relative paths are relative to the manifest's folder. Leave out "
+        "to pair --hsi-dir with --msi-dir.",
+    )] = None,
+    outdir: Annotated[Path, typer.Option("--outdir", "-o", help="Output folder (created if missing).")] = ...,
+    hsi_dir: Annotated[Optional[Path], typer.Option("--hsi-dir", help="Pairing mode: folder of HSI scenes.")] = None,
+    msi_dir: Annotated[Optional[Path], typer.Option("--msi-dir", help="Pairing mode: folder of MSI scenes.")] = None,
+    match: Annotated[Optional[str], typer.Option(
+        "--match", help="Pairing mode: regex with one group capturing the scene id in file names "
         "(default: the first date YYYYMMDD); unmatched scenes are paired by footprint overlap.",
-    ),
-    hsi_glob: str = typer.Option("*", "--hsi-glob", help="Pairing mode: which files of --hsi-dir to use."),
-    msi_glob: str = typer.Option("*", "--msi-glob", help="Pairing mode: which files of --msi-dir to use."),
-    sensor: Optional[str] = typer.Option(None, "--sensor", "-s", help="MSI sensor for every job (a manifest "
-                                         "'sensor' column overrides it)."),
-    bands: Optional[str] = typer.Option(None, "--bands", "-b",
-                                        help="Sensor bands the MSI files hold, e.g. B2,B3,B4,B8."),
-    srf_csv: Optional[Path] = typer.Option(None, "--srf", help="Custom SRF CSV instead of --sensor."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the preset's)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same result."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Training preset (default: as geolift fuse)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (on the workers)."),
-    no_align: bool = typer.Option(False, "--no-align", help="Do not estimate and correct the residual shift."),
-    harmonize: bool = typer.Option(False, "--harmonize", help="Map each MSI to its HSI's radiometry first."),
-    drop_uncovered: bool = typer.Option(False, "--drop-uncovered", help="Leave out MSI bands the HSI does not cover."),
-    dtype: Optional[OutputType] = typer.Option(None, "--dtype", help="Output data type (default: as fuse)."),
-    compress: Compression = typer.Option(Compression.deflate, "--compress", help="GeoTIFF compression."),
-    tile_size: int = typer.Option(512, "--tile-size", help="Internal GeoTIFF tile size (multiple of 16)."),
-    scheduler: Optional[str] = typer.Option(
-        None, "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: start a "
+    )] = None,
+    hsi_glob: Annotated[str, typer.Option("--hsi-glob", help="Pairing mode: which files of --hsi-dir to use.")] = "*",
+    msi_glob: Annotated[str, typer.Option("--msi-glob", help="Pairing mode: which files of --msi-dir to use.")] = "*",
+    scheduler: Annotated[Optional[str], typer.Option(
+        "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: start a "
         "local cluster).",
-    ),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Local cluster: worker processes "
-                                          "(default: usable cores / --torch-threads)."),
-    torch_threads: int = typer.Option(1, "--torch-threads", min=1, help="torch threads per task. Part of the "
-                                      "result: the output equals geolift fuse run with this many threads."),
-    retries: int = typer.Option(2, "--retries", min=0, help="Resubmissions of a task whose worker died or hit an "
-                                "I/O or memory error (input errors are never retried)."),
-    force: bool = typer.Option(False, "--force", help="Redo every job, even those whose output is up to date."),
-    pixels_per_task: int = typer.Option(512 * 512, "--pixels-per-task", min=1,
-                                        help="Output pixels per tile task; smaller scenes run as one task."),
-    log_file: Optional[Path] = typer.Option(None, "--log", help="Log file (default: OUTDIR/batch.log, appended)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print warnings, errors and the totals."),
-    progress: ProgressMode = typer.Option(ProgressMode.bar, "--progress", help="bar, plain or none."),
+    )] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, help="Local cluster: worker processes (default: usable cores / --torch-threads).")] = None,
+    torch_threads: Annotated[int, typer.Option(
+        "--torch-threads", min=1, help="torch threads per task. Part of the result: the output equals geolift "
+        "fuse run with this many threads.")] = 1,
+    retries: Annotated[int, typer.Option(
+        "--retries", min=0, help="Resubmissions of a task whose worker died or hit an I/O or memory error (input "
+        "errors are never retried).")] = 2,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Redo every job, even those whose output is up to date.")] = False,
+    pixels_per_task: Annotated[int, typer.Option(
+        "--pixels-per-task", min=1, help="Output pixels per tile task; smaller scenes run as one task.")] = 512 * 512,
+    log_file: Annotated[Optional[Path], typer.Option(
+        "--log", help="Log file (default: OUTDIR/batch.log, appended).")] = None,
+    *,
+    fusion: FusionChoices,
+    display: DisplayChoices,
 ) -> None:
     """Fuse many HSI/MSI pairs on Dask, resumably: skip up-to-date outputs, retry lost workers, report.
 
     Writes OUTDIR/batch_report.json and .csv and appends to OUTDIR/batch.log.
 
-    Exit code: 0 every job done or up to date, 1 some failed, 6 the batch cannot run, 130 Ctrl-C.
+    Exit code: 0 every job done or up to date, 7 some failed, 6 the batch cannot run, 130 Ctrl-C.
     """
-    setup_logging(quiet)
+    setup_logging(display.quiet)
 
     def action():
-        from geolift.batch import (BatchSettings, dashboard_link, dask_client, pair_folders, read_manifest,
-                                   run_batch)
-        from geolift.errors import BatchError
-        from geolift.fuse import FuseOptions
+        from geolift.batch import BatchSettings, dashboard_link, dask_client, pair_folders, read_manifest, run_batch
+        from geolift.errors import BatchError, JobsFailedError
 
         pairing = hsi_dir is not None or msi_dir is not None
         if manifest is not None and pairing:
@@ -219,15 +199,10 @@ def batch(
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BatchError(f"Cannot create the output folder {outdir} ({exc.strerror}).") from None
-        file_handlers = _setup_batch_logging(quiet, log_file or outdir / "batch.log")
+        file_handlers = _setup_batch_logging(display.quiet, log_file or outdir / "batch.log")
         log.info("geolift batch: %s", " ".join(sys.argv[1:]) or "(library call)")
 
-        defaults = FuseOptions(
-            sensor=sensor, bands=_split_bands(bands), srf_path=str(srf_csv) if srf_csv else None,
-            drop_uncovered=drop_uncovered, steps=steps, seed=seed, device=device,
-            align=not no_align, harmonize=harmonize, dtype=dtype.value if dtype else None,
-            compress=compress.value, tile_size=tile_size, **({"preset": preset} if preset else {}),
-        )
+        defaults = fusion.fuse_options()
         if manifest is not None:
             jobs = read_manifest(manifest, outdir, defaults)
         else:
@@ -245,20 +220,18 @@ def batch(
                 link = dashboard_link(client)
                 if link:
                     log.info("Dask dashboard: %s", link)
-                mode = "none" if quiet and progress is ProgressMode.bar else progress.value
-                with _progress_display(mode, len(jobs)) as callback:
+                with _progress_display(display.progress_mode, len(jobs)) as callback:
                     report = run_batch(jobs, client, settings, progress=callback)
             json_path, csv_path = report.write(outdir)
-            _print_summary(report, outdir, json_path, csv_path, quiet)
+            _print_summary(report, outdir, json_path, csv_path, display.quiet)
         finally:
             for logger, handler in file_handlers:
                 logger.removeHandler(handler)
                 handler.close()
         if report.interrupted:
-            raise fail("interrupted; finished outputs are kept and the next run resumes.", 130)
+            raise fail(INTERRUPTED, EXIT_INTERRUPTED)
         if report.failed:
-            raise fail(f"{len(report.failed)} of {len(report.results)} job(s) failed; see {csv_path}.",
-                       EXIT_JOBS_FAILED)
+            raise JobsFailedError(f"{len(report.failed)} of {len(report.results)} job(s) failed; see {csv_path}.")
         return report
 
-    run_command(action)
+    run_command(action, interrupted=INTERRUPTED)

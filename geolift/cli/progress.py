@@ -9,8 +9,8 @@ can parse. Percent is of the whole job, weighted by stage.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 #: Share of the whole job each stage stands for: (start %, end %).
 STAGE_SPAN = {"read": (0.0, 5.0), "train": (5.0, 55.0), "write": (55.0, 100.0)}
@@ -49,7 +49,8 @@ def _plain_reporter() -> Progress:
 
 @contextmanager
 def _bar_reporter() -> Iterator[Progress]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
 
     labels = {"read": "Reading and aligning", "train": "Training", "write": "Predicting and writing"}
     with RichProgress(

@@ -1,9 +1,7 @@
 """``geolift qgis install|uninstall``: put the Processing plugin into a QGIS profile or take it out."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,15 +14,16 @@ qgis_app = typer.Typer(
     add_completion=False,
 )
 
-_PROFILE_HELP = (
-    "QGIS profile folder (the one holding python/plugins and QGIS/QGIS3.ini); "
-    "default: the profile QGIS opens by default."
-)
+ProfileDir = Annotated[Optional[Path], typer.Option(
+    "--profile-dir",
+    help="QGIS profile folder (the one holding python/plugins and QGIS/QGIS3.ini); default: the profile QGIS opens "
+         "by default.",
+)]
 
 
 @qgis_app.command("install")
 def install(
-    profile_dir: Optional[Path] = typer.Option(None, "--profile-dir", help=_PROFILE_HELP),
+    profile_dir: ProfileDir = None,
 ) -> None:
     """Install and enable the plugin; it will run this Python environment's geolift."""
 
@@ -44,7 +43,7 @@ def install(
 
 @qgis_app.command("uninstall")
 def uninstall(
-    profile_dir: Optional[Path] = typer.Option(None, "--profile-dir", help=_PROFILE_HELP),
+    profile_dir: ProfileDir = None,
 ) -> None:
     """Remove the plugin from the profile."""
 

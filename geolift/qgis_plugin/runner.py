@@ -22,9 +22,9 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 #: Name of the JSON file ``geolift qgis install`` writes next to the plugin's modules.
 CONFIG_FILE_NAME = "geolift_config.json"
@@ -247,7 +247,7 @@ def command_line(argv: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- running
 
 
-def _pump_lines(stream, lines: "queue.Queue[str | None]") -> None:
+def _pump_lines(stream, lines: queue.Queue[str | None]) -> None:
     """Copy a pipe into a queue line by line, then a ``None`` at end of stream."""
     try:
         for raw in iter(stream.readline, b""):
@@ -325,7 +325,7 @@ def run_geolift(
     except OSError as exc:
         raise GeoliftNotFound(f"Cannot start geolift ({command.describe()}): {exc}.") from exc
 
-    lines: "queue.Queue[str | None]" = queue.Queue()
+    lines: queue.Queue[str | None] = queue.Queue()
     reader = threading.Thread(target=_pump_lines, args=(process.stdout, lines), daemon=True)
     reader.start()
 

@@ -1,11 +1,12 @@
-"""Issue 6's figures in one run: the quality table (faithful preset vs default, every case, mean) and the time and
+"""The default mode against the faithful preset in one run: the quality table (faithful preset vs default, every
+case, mean) and the time and
 memory figures, one after the other on the same machine (about 17 minutes on the 2-core VM).
 
 Runs ``benchmarks/quality.py`` then ``benchmarks/scale.py``, each in its own process (so one's memory does not count
 in the other's peak RSS), and prints both outputs as they come. ``--quick`` runs the short versions (quality's
 4-band subset with one seed; scale at 1000 x 1000 without the full-scene part) to check the set-up in ~3 minutes.
 
-    python benchmarks/issue6.py [--quick]
+    python benchmarks/default_vs_faithful.py [--quick]
 """
 
 from __future__ import annotations

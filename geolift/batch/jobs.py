@@ -1,0 +1,88 @@
+"""What a batch is made of: jobs, how it runs, and the progress events it reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geolift import srf
+from geolift.errors import BatchError
+from geolift.fuse import FuseOptions
+
+__all__ = ["BatchJob", "BatchSettings", "JobEvent", "check_sensor_bands", "job_name", "sentence"]
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One fusion to run: an HSI, one or more MSI files, where to write, and the options."""
+
+    name: str  # unique in a batch: the output path relative to the output folder, without suffix
+    hsi: str  # local absolute path or a GDAL path (/vsicurl/..., /vsis3/...)
+    msi: tuple[str, ...]  # one multi-band raster or several single-band files
+    output: str  # absolute path of the output GeoTIFF
+    options: FuseOptions = field(default_factory=FuseOptions)
+    line: int | None = None  # manifest line, for messages
+
+    @property
+    def msi_source(self) -> str | list[str]:
+        return self.msi[0] if len(self.msi) == 1 else list(self.msi)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.hsi, *self.msi]
+
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How a batch runs (not what it computes, except ``torch_threads``, which is hashed)."""
+
+    torch_threads: int = 1  # torch threads in every task; fixes the fit's floating-point result
+    retries: int = 2  # resubmissions per task after a retryable failure
+    force: bool = False  # redo jobs even when their sidecar matches
+    pixels_per_task: int = 512 * 512  # output pixels per tile task; scenes up to this size are one task
+    max_active_jobs: int | None = None  # jobs in flight at once (writer threads); None: 2 x worker threads + 1
+    tasks_ahead: int | None = None  # tile tasks submitted ahead of the writer per job; None: worker threads
+
+    def __post_init__(self) -> None:
+        if self.torch_threads < 1:
+            raise BatchError(f"torch threads must be at least 1, got {self.torch_threads}.")
+        if self.retries < 0:
+            raise BatchError(f"retries must be 0 or more, got {self.retries}.")
+        if self.pixels_per_task < 1:
+            raise BatchError(f"pixels per task must be at least 1, got {self.pixels_per_task}.")
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Progress of one job: ``stage`` is queued, read, train, write, retry, done, skipped or failed."""
+
+    job: str
+    stage: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+
+
+def job_name(output: str, outdir: Path) -> str:
+    """A job's name: its output path relative to the output folder, without the suffix (unique in a batch)."""
+    out = Path(output)
+    try:
+        rel = out.relative_to(outdir)
+    except ValueError:
+        rel = out
+    return str(rel.with_suffix("")) if rel.suffix else str(rel)
+
+
+def check_sensor_bands(options: FuseOptions) -> None:
+    """Fail at parse time on a sensor or band name the SRF library does not know (a typo in one row)."""
+    if options.sensor:
+        curves = srf.load_sensor(options.sensor)
+        for band in options.bands or ():
+            curves.resolve(band)
+
+
+def sentence(exc: BaseException) -> str:
+    """An error's message as one sentence with a single final full stop (to prefix with where it happened)."""
+    text = str(exc).strip().rstrip(".")
+    return text + "."

@@ -1,0 +1,175 @@
+"""The worker side of a batch: the Dask tasks that train a job and predict its tiles, and how their failures travel.
+
+A task pins torch's threads (the fit's floating-point result depends on them), forwards its geolift log lines and
+progress to the client as Dask events, and fails with a picklable, cause-free error so the client can tell a
+failure that may pass (a worker died, memory, I/O: retried) from a wrong input (never retried).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from geolift.batch.jobs import BatchJob
+from geolift.errors import GeoliftError
+from geolift.fuse import FusionPlan, prepare_fusion
+
+__all__ = ["PreparedJob", "describe_failure", "is_retryable", "predict_task", "prepare_task"]
+
+log = logging.getLogger("geolift")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed task may succeed if run again (its worker died, memory, I/O), unlike input errors."""
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exc, GeoliftError):
+        return False
+    if isinstance(exc, (KilledWorker, MemoryError, OSError, CommClosedError)):
+        return True
+    return isinstance(exc, RuntimeError) and "memory" in str(exc).lower()  # e.g. torch's allocator
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line saying why a job failed, for the report."""
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        worker = getattr(getattr(exc, "last_worker", None), "address", "a worker")
+        return f"the worker running it ({worker}) died (killed, crashed or out of memory)"
+    if isinstance(exc, GeoliftError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class PreparedJob:
+    """What a prepare task returns: the fitted plan, plus every block when the scene is small."""
+
+    plan: FusionPlan
+    blocks: list[tuple[Any, Any]] | None  # [(block, msi_block)] in window order, or None: tile tasks predict
+
+
+class _TaskLogForwarder(logging.Handler):
+    """Send this task thread's geolift log records to the client as Dask events (tagged with the job)."""
+
+    def __init__(self, worker, topic: str, job: str):
+        super().__init__(logging.INFO)
+        self.worker, self.topic, self.job = worker, topic, job
+        self.thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        try:
+            self.worker.log_event(self.topic, {"job": self.job, "kind": "log", "level": record.levelno,
+                                               "message": self.format(record)})
+        except Exception:  # noqa: BLE001 - logging must never break the task
+            pass
+
+
+@contextmanager
+def _task_context(job: str, torch_threads: int, topic: str | None) -> Iterator[Callable[[int, int, str], None] | None]:
+    """Pin torch's threads, forward log lines and yield a (throttled) progress callback for one task."""
+    import torch
+
+    torch.set_num_threads(int(torch_threads))
+    worker = None
+    if topic:
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except ValueError:  # not running on a Dask worker (e.g. called directly)
+            worker = None
+    if worker is None:
+        yield None
+        return
+    handler = _TaskLogForwarder(worker, topic, job)
+    geolift_log = logging.getLogger("geolift")
+    if geolift_log.getEffectiveLevel() > logging.INFO:
+        geolift_log.setLevel(logging.INFO)
+    geolift_log.addHandler(handler)
+    last = {"stage": "", "fraction": -1.0, "time": 0.0}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        fraction = done / total if total else 1.0
+        now = time.monotonic()
+        if stage == last["stage"] and fraction < 1.0 and fraction - last["fraction"] < 0.05 and now - last["time"] < 2:
+            return
+        last.update(stage=stage, fraction=fraction, time=now)
+        try:
+            worker.log_event(topic, {"job": job, "kind": "progress", "stage": stage, "done": int(done),
+                                     "total": int(total)})
+        except Exception:  # noqa: BLE001 - progress must never break the task
+            pass
+
+    try:
+        yield progress
+    except Exception as exc:
+        if not isinstance(exc, GeoliftError):  # a bug or a system error: keep its traceback in the log
+            log.warning("Unexpected %s in a task:", type(exc).__name__, exc_info=True)
+        raise
+    finally:
+        geolift_log.removeHandler(handler)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The same error without its chained causes, so it crosses to the client with its class intact.
+
+    Dask pickles a failed task's exception together with its ``__cause__``/``__context__``; when
+    one of those does not pickle (GDAL errors from rasterio, for instance) Dask falls back to a
+    bare ``Exception(repr)`` and the class, which decides retry or not, is lost.
+    """
+    try:
+        clone = type(exc)(*exc.args)
+        pickle.loads(pickle.dumps(clone))
+        return clone
+    except Exception:  # noqa: BLE001 - any failure to pickle falls back to a plain error
+        for kind in (GeoliftError, OSError, MemoryError):
+            if isinstance(exc, kind):
+                return kind(str(exc))
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _with_portable_errors(task: Callable) -> Callable:
+    """Run a Dask task so that its failure reaches the client as a picklable, cause-free error."""
+
+    @functools.wraps(task)
+    def run(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside this block (no __context__)
+            error = _portable(exc)
+        raise error
+
+    return run
+
+
+@_with_portable_errors
+def prepare_task(job: BatchJob, torch_threads: int, inline_pixels: int, topic: str | None) -> PreparedJob:
+    """Dask task: read, align and fit one job; predict it too when the output is small."""
+    with _task_context(job.name, torch_threads, topic) as progress:
+        plan = prepare_fusion(job.hsi, job.msi_source, replace(job.options, overwrite=True), progress=progress)
+        grid = plan.grid
+        if grid.width * grid.height > inline_pixels:
+            return PreparedJob(plan, None)
+        blocks = [plan.predict_window(w) for w in plan.output_windows()]
+        return PreparedJob(plan, blocks)
+
+
+@_with_portable_errors
+def predict_task(prepared: PreparedJob, windows: list, torch_threads: int, job: str,
+                  topic: str | None) -> list[tuple[Any, Any]]:
+    """Dask task: predict a run of output windows of one scene with its fitted plan."""
+    with _task_context(job, torch_threads, topic):
+        return [prepared.plan.predict_window(w) for w in windows]

@@ -1,0 +1,121 @@
+"""Options shared by several commands, declared once (as rasterio's ``rio/options.py`` does for click).
+
+``geolift fuse`` and ``geolift batch`` take the same fusion and display options: :func:`with_options` adds a group
+of them to a command, which receives what the user chose as one object per group (:class:`FusionChoices`,
+:class:`DisplayChoices`), and :meth:`FusionChoices.fuse_options` is the one place that turns the fusion choices into
+:class:`geolift.fuse.FuseOptions`. The two commands therefore cannot drift apart (a band list is parsed by
+:func:`geolift.srf.parse_band_list` in both, for instance).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from geolift.cli.choices import Compression, OutputType, ProgressMode
+
+if TYPE_CHECKING:
+    from geolift.fuse import FuseOptions
+
+__all__ = ["DisplayChoices", "FusionChoices", "with_options"]
+
+_PRESET_HELP = (
+    "Recipe. geolift (default): SpectraLift trained on a stratified pixel sample, then made consistent with the "
+    "LR-HSI using a blur estimated from the data. spectralift: the paper's settings, faithful (full-batch "
+    "training, the network's output as is)."
+)
+
+
+@dataclass(frozen=True)
+class FusionChoices:
+    """What the user chose on the command line for one fusion (the options :func:`fusion_options` adds)."""
+
+    sensor: Annotated[Optional[str], typer.Option(
+        "--sensor", "-s", help="MSI sensor from the SRF library (see `geolift sensors`), e.g. sentinel2.")] = None
+    bands: Annotated[Optional[str], typer.Option(
+        "--bands", "-b", help="Sensor bands the MSI holds, in order: B2,B3,B4,B8 or \"B2 B3 B4 B8\".")] = None
+    srf_csv: Annotated[Optional[Path], typer.Option(
+        "--srf", help="Custom SRF CSV (wavelength_nm, then one column per band) instead of --sensor.")] = None
+    drop_uncovered: Annotated[bool, typer.Option(
+        "--drop-uncovered",
+        help="Leave out MSI bands the HSI's spectral range does not cover (else an error).")] = False
+    preset: Annotated[Optional[str], typer.Option("--preset", help=_PRESET_HELP)] = None
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", min=1, help="Training steps (default: the preset's).")] = None
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")] = 0
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu"
+    no_align: Annotated[bool, typer.Option(
+        "--no-align", help="Do not estimate and correct the residual shift.")] = False
+    harmonize: Annotated[bool, typer.Option(
+        "--harmonize", help="Map the MSI to the HSI's radiometry (per-band gain/offset) before inference.")] = False
+    dtype: Annotated[Optional[OutputType], typer.Option(
+        "--dtype", help="Output data type (default: int16 in the HSI's units for integer HSIs, else float32).")] = None
+    compress: Annotated[Compression, typer.Option("--compress", help="GeoTIFF compression.")] = Compression.deflate
+    tile_size: Annotated[int, typer.Option(
+        "--tile-size", help="Internal GeoTIFF tile size (multiple of 16); smaller tiles need less memory.")] = 512
+
+    def fuse_options(self, **runtime: Any) -> FuseOptions:
+        """The library's options for these choices; ``runtime`` adds what only one command sets (threads...)."""
+        from geolift import srf
+        from geolift.fuse import FuseOptions
+
+        return FuseOptions(
+            sensor=self.sensor, bands=srf.parse_band_list(self.bands),
+            srf_path=str(self.srf_csv) if self.srf_csv else None, drop_uncovered=self.drop_uncovered,
+            steps=self.steps, seed=self.seed, device=self.device, align=not self.no_align, harmonize=self.harmonize,
+            dtype=self.dtype.value if self.dtype else None, compress=self.compress.value, tile_size=self.tile_size,
+            **({"preset": self.preset} if self.preset else {}),  # none given: the model's default preset (geolift)
+            **runtime,
+        )
+
+
+@dataclass(frozen=True)
+class DisplayChoices:
+    """How a long-running command talks while it works."""
+
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print warnings, errors and the result.")] = False
+    progress: Annotated[ProgressMode, typer.Option(
+        "--progress", help="bar (terminal), plain (lines for programs, such as the QGIS plugin) or none.",
+    )] = ProgressMode.bar
+
+    @property
+    def progress_mode(self) -> str:
+        """``--quiet`` silences the bars, but not plain progress lines a program asked for."""
+        return "none" if self.quiet and self.progress is ProgressMode.bar else self.progress.value
+
+
+def with_options(**groups: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the options of each group (a dataclass such as :class:`FusionChoices`) to a typer command; the command
+    receives each group as one keyword argument, named as in ``groups``.
+
+    typer reads a command's options from its signature, so the wrapper's signature is the command's own parameters
+    (less the groups) followed by one keyword parameter per field of each group.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name not in groups]
+        added, members = [], {}
+        for group, cls in groups.items():
+            hints = inspect.get_annotations(cls, eval_str=True)
+            members[group] = [f.name for f in fields(cls)]
+            added += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                        annotation=hints[f.name]) for f in fields(cls)]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            for group, cls in groups.items():
+                kwargs[group] = cls(**{name: kwargs.pop(name) for name in members[group]})
+            return command(**kwargs)
+
+        del wrapper.__wrapped__  # typer must see the wrapper's signature, not the command's
+        wrapper.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *added)}
+        return wrapper
+
+    return decorate
