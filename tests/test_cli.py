@@ -225,6 +225,7 @@ def berlin_run(berlin, tmp_path_factory):
     return run, cwd
 
 
+@pytest.mark.slow
 def test_berlin_pair_fuses_onto_the_hymap_grid(berlin, berlin_run, leftovers):
     run, cwd = berlin_run
     assert run.exit_code == 0, run.stderr
@@ -252,6 +253,7 @@ def test_berlin_pair_fuses_onto_the_hymap_grid(berlin, berlin_run, leftovers):
     assert 0 < float(fused.mean()) < 10000  # reflectance x 10000, like the input
 
 
+@pytest.mark.slow
 def test_berlin_run_reports_ratio_shift_and_srf_consistency(berlin_run):
     run, cwd = berlin_run
     report = json.loads((cwd / "report.json").read_text())
@@ -275,6 +277,7 @@ def test_berlin_run_reports_ratio_shift_and_srf_consistency(berlin_run):
     assert {stage for _, stage in progress} == {"read", "train", "write"}
 
 
+@pytest.mark.slow
 def test_berlin_output_records_version_parameters_and_report(berlin_run):
     _, cwd = berlin_run
     with rasterio.open(cwd / "enmap_sim_berlin_30m_177b_fused.tif") as ds:

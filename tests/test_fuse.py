@@ -110,6 +110,7 @@ def test_envi_and_geotiff_inputs_give_the_same_fusion(berlin, berlin_plan):
         np.testing.assert_allclose(from_envi, from_tif, rtol=0, atol=1e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.reproducible
 @pytest.mark.parametrize("dtype, tile", [("float32", 96), ("int16", 256)])
 def test_tile_streamed_output_equals_in_memory_prediction(berlin_plan, tmp_path, dtype, tile):

@@ -378,6 +378,7 @@ def qgis_profile(tmp_path: Path) -> Path:
     return tmp_path / "qgis" / "profiles" / "default"
 
 
+@pytest.mark.slow
 @pytest.mark.qgis
 @needs_qgis
 def test_qgis_process_loads_provider_and_lists_the_algorithm(tmp_path):
@@ -420,6 +421,7 @@ def test_qgis_shows_progress_and_passes_arguments_to_a_stub_geolift(tmp_path):
     assert output.read_bytes() == HSI.read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.qgis
 @needs_qgis
 def test_qgis_says_clearly_when_geolift_cannot_be_found(tmp_path):
@@ -438,6 +440,7 @@ def test_qgis_says_clearly_when_geolift_cannot_be_found(tmp_path):
     assert not output.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.qgis
 @needs_qgis
 def test_qgis_reports_geolift_errors_verbatim_and_writes_nothing(tmp_path):

@@ -293,6 +293,7 @@ MEASURED_MIN_MEAN_GAIN_DB = 0.78
 MEASURED_MAX_MEAN_SAM_RATIO = 0.84
 
 
+@pytest.mark.slow
 @pytest.mark.quality
 def test_default_mode_beats_the_faithful_preset_on_a_potsdam_wald_case(potsdam_cube):
     """The default mode (geolift preset + consistency step) against the faithful preset, over three training seeds.
