@@ -8,7 +8,15 @@ sentence and exits with the class's ``exit_code``, never a traceback:
 aligned, 4 the model cannot be fitted or used, 5 the output cannot be written,
 6 a batch cannot run, 7 a batch ran but some jobs failed. The CLI adds 130
 (interrupted) and 137 (out of memory); click's usage errors exit 2.
+
+Warnings (:class:`GeoliftWarning`) go through Python's warnings module, so a library
+user can filter them; :func:`log_warnings` turns them into records of the
+``geolift`` logger, which the CLI prints as one line ``geolift: warning: <sentence>``
+and which batch tasks forward to the client.
 """
+
+import logging
+import warnings
 
 
 class GeoliftError(Exception):
@@ -69,3 +77,22 @@ class JobsFailedError(BatchError):
 
 class GeoliftWarning(UserWarning):
     """Something was changed or dropped on the user's behalf (e.g. an uncovered band)."""
+
+
+def log_warnings() -> None:
+    """Show every :class:`GeoliftWarning` as a warning record of the ``geolift`` logger (no source path) from now
+    on; other warnings keep Python's own display. For command-line processes and batch worker tasks."""
+    show = warnings.showwarning
+    if getattr(show, "_geolift", False):
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, GeoliftWarning):
+            logging.getLogger("geolift").warning("%s", message)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    showwarning._geolift = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+    warnings.filterwarnings("always", category=GeoliftWarning)  # each one matters, not only the first per line
+

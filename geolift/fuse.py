@@ -184,26 +184,54 @@ def _msi_response_curves(msi: Scene, options: FuseOptions) -> tuple[srf.SRFSet, 
 
 
 def _identify_bands(msi: Scene, curves: srf.SRFSet, bands: Sequence[str] | None) -> list[str]:
-    """Map each MSI band to a sensor band: --bands, else band descriptions, else all bands in order."""
+    """Map each MSI band to a sensor band, never by guessing; the log says which rule decided.
+
+    In order: ``--bands``; the bands' names (descriptions, file-name tokens; a position such as ``band 3`` is not a
+    name); the MSI's own band centres, each inside one sensor band's half-maximum range; as many bands as the sensor
+    has, taken in order. Otherwise an ``InputError`` lists the sensor's bands.
+    """
     listing = ", ".join(curves.band_names)
     if bands:
         if len(bands) != msi.count:
             raise InputError(
                 f"{msi.path} has {msi.count} band(s) but --bands names {len(bands)} ({', '.join(bands)})."
             )
-        return [curves.resolve(b) for b in bands]
-    for candidates in (msi.band_names, msi.descriptions):
+        resolved = [curves.resolve(b) for b in bands]
+        log.info("MSI bands %s, as given by --bands.", ", ".join(resolved))
+        return resolved
+    named = msi.band_names if all(msi.named_bands) else None
+    for rule, candidates in (("their names", named), ("their descriptions", msi.descriptions)):
         resolved = _try_resolve(curves, candidates)
         if resolved:
-            log.info("MSI bands identified from band names: %s", ", ".join(resolved))
+            log.info("MSI bands %s, identified from %s.", ", ".join(resolved), rule)
             return resolved
+    resolved = _bands_by_wavelength(msi, curves)
+    if resolved:
+        log.info("MSI bands %s, identified from the MSI's band centres (%s nm).", ", ".join(resolved),
+                 ", ".join(f"{w:.0f}" for w in msi.wavelengths_nm))
+        return resolved
     if msi.count == len(curves.band_names):
-        log.info("MSI has as many bands as %s; assuming all of them in order.", curves.display_name)
+        log.info("MSI bands %s: the MSI has as many bands as %s, taken in order.", listing, curves.display_name)
         return list(curves.band_names)
     raise InputError(
-        f"Cannot tell which {curves.display_name} bands the {msi.count}-band MSI {msi.path} holds; "
-        f"name them with --bands (the sensor's bands: {listing})."
+        f"Cannot tell which {curves.display_name} bands the {msi.count}-band MSI {msi.path} holds (its bands have "
+        f"no names or wavelengths geolift recognises); name them with --bands (the sensor's bands: {listing})."
     )
+
+
+def _bands_by_wavelength(msi: Scene, curves: srf.SRFSet) -> list[str] | None:
+    """Each MSI band centre matched to the sensor band whose half-maximum range holds it (the nearest centroid
+    when ranges overlap); None without wavelengths or when two MSI bands would be the same sensor band."""
+    if msi.wavelengths_nm is None:
+        return None
+    ranges, centroids = curves.half_max_ranges_nm(), curves.centroids_nm()
+    resolved = []
+    for centre in msi.wavelengths_nm:
+        inside = np.flatnonzero((ranges[:, 0] <= centre) & (centre <= ranges[:, 1]))
+        if inside.size == 0:
+            return None
+        resolved.append(curves.band_names[int(inside[np.argmin(np.abs(centroids[inside] - centre))])])
+    return resolved if len(set(resolved)) == len(resolved) else None
 
 
 def _try_resolve(curves: srf.SRFSet, names: Sequence[str] | None) -> list[str] | None:

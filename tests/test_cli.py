@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from typer.testing import CliRunner
 
 import geolift
-from geolift import evaluate, refine
+from geolift import evaluate, refine, srf
 from geolift.cli import _register_commands, app
 from geolift.errors import GeoliftError
 from geolift.model import SpectraLift
@@ -156,6 +156,12 @@ def _output_is_an_input(tmp, wald, write):
                    keep=hsi.read_bytes())
 
 
+def _unnamed_bands(tmp, wald, write):
+    # Really Sentinel-2 B2, B3, B4, but the file says nothing: GDAL's "band 1..3" must not be read as B1, B2, B3.
+    msi = write(tmp / "three_bands.tif", wald.hr_msi[:3].astype(np.float32), crs=wald.crs, transform=wald.hr_transform)
+    return BadCase([wald.hsi, msi, "--sensor", "sentinel2"], 2, ("three_bands.tif", "--bands", "B1, B2, B3"))
+
+
 def _unknown_preset(tmp, wald, write):
     return BadCase([wald.hsi, wald.msi, "--sensor", "sentinel2", "--preset", "fastest"], 4, ("fastest", "preset"))
 
@@ -181,6 +187,7 @@ BAD_INPUTS = {
     "unknown sensor": (_unknown_sensor, False),
     "unknown band": (_unknown_band, False),
     "unknown preset": (_unknown_preset, False),
+    "MSI bands without names": (_unnamed_bands, False),
     "report folder missing": (_report_folder_missing, False),
 }
 
@@ -342,6 +349,53 @@ def test_single_band_files_fuse_with_band_names_from_file_names(wald, write_rast
         fused = ds.read()
     bicubic = evaluate.bicubic_upsample(wald.lr_hsi, wald.gt.shape[1:])
     assert evaluate.psnr(wald.gt, fused) > evaluate.psnr(wald.gt, bicubic) + 3.0
+
+
+def test_msi_bands_identified_from_their_own_wavelengths_and_the_log_says_so(wald, write_raster, tmp_path):
+    """No names, but band centres in the metadata: each centre falls in one Sentinel-2 band's half-maximum range."""
+    msi = write_raster(tmp_path / "three_bands.tif", wald.hr_msi[:3].astype(np.float32), crs=wald.crs,
+                       transform=wald.hr_transform, wavelengths=[492.0, 559.0, 665.0])
+    report_path = tmp_path / "report.json"
+    run = run_geolift(["fuse", wald.hsi, msi, "--sensor", "sentinel2", "--steps", "20", "--progress", "none",
+                       "-o", tmp_path / "fused.tif", "--report", report_path])
+    assert run.exit_code == 0, run.stderr
+    assert json.loads(report_path.read_text())["msi_bands"] == ["B2", "B3", "B4"]
+    assert "MSI bands B2, B3, B4, identified from the MSI's band centres" in run.stderr
+
+
+def test_warnings_are_one_line_like_errors(berlin, tmp_path):
+    """A GeoliftWarning reaches the user as `geolift: warning: <sentence>`, with no source path (real process)."""
+    run = run_geolift(["fuse", berlin.hsi_tif, berlin.msi_tif, "--sensor", "sentinel2", "--bands", "B1,B2,B3,B4",
+                       "--drop-uncovered", "--steps", "20", "--progress", "none", "-o", tmp_path / "fused.tif"],
+                      process=True)
+    assert run.exit_code == 0, run.stderr
+    warning_lines = [line for line in run.stderr.splitlines() if "Dropped" in line]
+    assert len(warning_lines) == 1, run.stderr
+    assert warning_lines[0].startswith("geolift: warning: Dropped Sentinel-2A MSI band(s) B1")
+    assert "GeoliftWarning" not in run.stderr and ".py:" not in run.stderr
+
+
+def test_enmap_and_worldview3_with_all_eight_vnir_bands_run_by_default(tmp_path, write_raster):
+    """EnMAP starts at 418 nm, WorldView-3 B1 (coastal) at 400 nm: used truncated, with one warning naming it."""
+    from helpers import read_potsdam_cube
+
+    cube, wavelengths, fwhm, crs, transform = read_potsdam_cube()
+    bands = [f"B{k}" for k in range(1, 9)]
+    R = srf.build_response("worldview3", bands, wavelengths, fwhm_nm=fwhm, min_coverage=0.01).matrix
+    case = evaluate.make_wald_case(cube, R, ratio=4, seed=1)
+    hsi = write_raster(tmp_path / "enmap.tif", case.lr_hsi.astype(np.float32), crs=crs,
+                       transform=transform @ Affine.scale(4), wavelengths=wavelengths, fwhm=fwhm)
+    msi = write_raster(tmp_path / "wv3.tif", case.hr_msi.astype(np.float32), crs=crs, transform=transform,
+                       descriptions=bands)
+    report_path = tmp_path / "report.json"
+    run = run_geolift(["fuse", hsi, msi, "--sensor", "worldview3", "--steps", "20", "--progress", "none",
+                       "-o", tmp_path / "fused.tif", "--report", report_path])
+    assert run.exit_code == 0, run.stderr
+    assert json.loads(report_path.read_text())["msi_bands"] == bands
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("geolift: warning:")]
+    assert len(warnings) == 1 and "B1 (" in warnings[0] and "% covered" in warnings[0], run.stderr
+    coverage = int(re.search(r"B1 \((\d+)% covered", warnings[0]).group(1))
+    assert srf.MIN_COVERAGE * 100 <= coverage < srf.FULL_COVERAGE * 100
 
 
 # -------------------------------------------------------------------------------------- other commands

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from geolift.batch.jobs import BatchJob
-from geolift.errors import GeoliftError
+from geolift.errors import GeoliftError, log_warnings
 from geolift.fuse import FusionPlan, prepare_fusion
 
 __all__ = ["PreparedJob", "describe_failure", "is_retryable", "predict_task", "prepare_task"]
@@ -94,6 +94,7 @@ def _task_context(job: str, torch_threads: int, topic: str | None) -> Iterator[C
     if worker is None:
         yield None
         return
+    log_warnings()  # a GeoliftWarning becomes a log record, forwarded to the client like the others
     handler = _TaskLogForwarder(worker, topic, job)
     geolift_log = logging.getLogger("geolift")
     if geolift_log.getEffectiveLevel() > logging.INFO:

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import typer
 
-from geolift.errors import GeoliftError
+from geolift.errors import GeoliftError, log_warnings
 
 app = typer.Typer(
     name="geolift",
@@ -53,14 +53,23 @@ def run_command(action: Callable[[], T], interrupted: str = "interrupted; no out
         raise fail("out of memory; try a smaller --tile-size or fewer --threads.", EXIT_OUT_OF_MEMORY) from None
 
 
+class LineFormatter(logging.Formatter):
+    """``geolift: <message>``, and ``geolift: warning: <message>`` for warnings, as errors are ``geolift: error:``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "geolift: warning: " if logging.WARNING <= record.levelno < logging.ERROR else "geolift: "
+        return prefix + record.getMessage()
+
+
 def setup_logging(quiet: bool, verbose: bool = False) -> None:
-    """Route the library's log records to stderr at a level the flags ask for."""
+    """Route the library's log records and warnings to stderr, one line each, at a level the flags ask for."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("geolift: %(message)s"))
+    handler.setFormatter(LineFormatter())
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    log_warnings()
 
 
 def _version_callback(value: bool) -> None:

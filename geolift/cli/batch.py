@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from geolift.cli import EXIT_INTERRUPTED, app, fail, run_command, setup_logging
+from geolift.cli import EXIT_INTERRUPTED, LineFormatter, app, fail, run_command, setup_logging
 from geolift.cli.options import DisplayChoices, FusionChoices, with_options
 
 log = logging.getLogger("geolift")
@@ -44,7 +44,7 @@ def _setup_batch_logging(quiet: bool, log_file: Path) -> list[tuple[logging.Logg
     """
     setup_logging(quiet)
     console = _CurrentStderr()
-    console.setFormatter(logging.Formatter("geolift: %(message)s"))
+    console.setFormatter(LineFormatter())
     console.setLevel(logging.WARNING if quiet else logging.INFO)
     formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     ours = logging.FileHandler(log_file, encoding="utf-8")

@@ -125,6 +125,7 @@ class Scene:
     fwhm_nm: np.ndarray | None
     good_bands: np.ndarray
     band_names: tuple[str, ...]
+    named_bands: tuple[bool, ...]  # False where band_names holds only a position ("band 3"), not a name
     descriptions: tuple[str, ...]
     tags: dict[str, str]
     wavelength_source: str | None = None
@@ -394,13 +395,14 @@ def _same_grid(a: _FileInfo, b: _FileInfo) -> bool:
     )
 
 
-def _band_name(info: _FileInfo, k: int, *, in_list: bool) -> str:
-    """A label the pipeline can map to a sensor band: file-name token, description, or position."""
+def _band_name(info: _FileInfo, k: int, *, in_list: bool) -> tuple[str, bool]:
+    """A label for band ``k`` of a file, and whether it is a name (file-name token, description, a single-band
+    file's stem) rather than a position (``band 3``), which says nothing about what the band holds."""
     if in_list and len(info.bands) == 1:
-        return band_token(info.path) or info.descriptions[0] or info.path.stem
+        return band_token(info.path) or info.descriptions[0] or Path(info.path).stem, True
     if info.descriptions[k]:
-        return info.descriptions[k]
-    return f"{info.path.stem} band {k + 1}" if in_list else f"band {k + 1}"
+        return info.descriptions[k], True
+    return (f"{Path(info.path).stem} band {k + 1}" if in_list else f"band {k + 1}"), False
 
 
 def open_scene(
@@ -438,7 +440,7 @@ def open_scene(
         if r1 <= l2 or r2 <= l1 or t1 <= b2 or t2 <= b1:
             raise InputError(f"Band file {info.path} does not overlap {target.path}.")
 
-    names = [_band_name(info, k, in_list=not single) for info in infos for k in range(len(info.bands))]
+    labels = [_band_name(info, k, in_list=not single) for info in infos for k in range(len(info.bands))]
 
     def concat(parts: list[np.ndarray | None]) -> np.ndarray | None:
         return None if any(p is None for p in parts) else np.concatenate(parts)
@@ -463,7 +465,8 @@ def open_scene(
         wavelengths_nm=wavelengths,
         fwhm_nm=fwhm,
         good_bands=good,
-        band_names=tuple(names),
+        band_names=tuple(name for name, _ in labels),
+        named_bands=tuple(named for _, named in labels),
         descriptions=tuple(d for i in infos for d in i.descriptions),
         tags=dict(infos[0].tags),
         wavelength_source=", ".join(sources) if wavelengths is not None else None,

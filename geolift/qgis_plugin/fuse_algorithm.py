@@ -208,6 +208,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
                 on_progress=on_progress,
                 on_info=feedback.pushInfo,
                 on_error=lambda sentence: feedback.reportError(f"geolift: error: {sentence}", True),
+                on_warning=lambda sentence: feedback.pushWarning(f"geolift: warning: {sentence}"),
                 is_canceled=feedback.isCanceled,
             )
         except GeoliftNotFound as exc:

@@ -6,6 +6,7 @@ geolift only through its command line contract (docs/architecture.md):
 
 * ``geolift: progress <pct>% <stage>`` lines on stderr with ``--progress plain``;
 * ``geolift: error: <sentence>`` on stderr and a non-zero exit code on failure;
+* ``geolift: warning: <sentence>`` on stderr for what the user should know (shown as a QGIS warning);
 * the output GeoTIFF is written atomically, so a stopped run leaves no file.
 
 Keeping the process handling free of QGIS lets it be tested with plain pytest.
@@ -37,6 +38,7 @@ FROM_METADATA = "from MSI metadata"
 
 _PROGRESS_LINE = re.compile(r"^geolift: progress\s+(?P<pct>[0-9]+(?:\.[0-9]*)?)%\s*(?P<stage>.*)$")
 _ERROR_PREFIX = "geolift: error: "
+_WARNING_PREFIX = "geolift: warning: "
 
 # How long a stopped geolift gets to clean up after Ctrl-C before it is terminated, then killed.
 _INTERRUPT_GRACE_S = 10.0
@@ -227,13 +229,16 @@ def fuse_arguments(
 
 
 def parse_line(line: str) -> tuple:
-    """Classify one output line: ``("progress", pct, stage)``, ``("error", sentence)`` or ``("info", line)``."""
+    """Classify one output line: ``("progress", pct, stage)``, ``("error", sentence)``, ``("warning", sentence)``
+    or ``("info", line)``."""
     line = line.rstrip("\r\n")
     match = _PROGRESS_LINE.match(line)
     if match:
         return ("progress", min(100.0, float(match.group("pct"))), match.group("stage").strip())
     if line.startswith(_ERROR_PREFIX):
         return ("error", line[len(_ERROR_PREFIX):].strip())
+    if line.startswith(_WARNING_PREFIX):
+        return ("warning", line[len(_WARNING_PREFIX):].strip())
     return ("info", line)
 
 
@@ -300,6 +305,7 @@ def run_geolift(
     on_progress: Callable[[float, str], None] = lambda pct, stage: None,
     on_info: Callable[[str], None] = lambda line: None,
     on_error: Callable[[str], None] = lambda sentence: None,
+    on_warning: Callable[[str], None] | None = None,
     is_canceled: Callable[[], bool] = lambda: False,
     poll_interval: float = 0.2,
     interrupt_grace_s: float = _INTERRUPT_GRACE_S,
@@ -350,6 +356,11 @@ def run_geolift(
         elif kind == "error":
             errors.append(payload[0])
             on_error(payload[0])
+        elif kind == "warning":
+            if on_warning is not None:
+                on_warning(payload[0])
+            else:
+                on_info(_WARNING_PREFIX + payload[0])
         elif payload[0].strip():
             last_lines = (last_lines + [payload[0]])[-10:]
             on_info(payload[0])

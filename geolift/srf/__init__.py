@@ -24,9 +24,17 @@ from geolift.srf.curves import (
     sensors,
     to_nm,
 )
-from geolift.srf.response import GAP_FACTOR, MIN_COVERAGE, SpectralResponse, build_response, response_matrix
+from geolift.srf.response import (
+    FULL_COVERAGE,
+    GAP_FACTOR,
+    MIN_COVERAGE,
+    SpectralResponse,
+    build_response,
+    response_matrix,
+)
 
 __all__ = [
+    "FULL_COVERAGE",
     "GAP_FACTOR",
     "MIN_COVERAGE",
     "SRFSet",

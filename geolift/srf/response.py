@@ -21,9 +21,12 @@ The HSI's spectral coverage is the union of (a) each HSI band's half-maximum int
 ``[centre - FWHM/2, centre + FWHM/2]`` and (b) the span between neighbouring centres,
 unless that step is larger than ``GAP_FACTOR`` (2.5) times the larger of the two FWHMs
 (a gap, e.g. removed water-vapour bands).  An MSI band is covered when at least
-``MIN_COVERAGE`` (95 %) of its response integral lies inside the coverage; otherwise it
-raises :class:`SpectralCoverageError` naming the band and both ranges, or is dropped with
-a :class:`GeoliftWarning` when ``drop_uncovered=True``.
+``FULL_COVERAGE`` (95 %) of its response integral lies inside the coverage. A band covered
+at least ``MIN_COVERAGE`` (50 %, from Wald cases: benchmarks/partial_coverage.py) but less is
+used with its response truncated to the covered part (the formula above integrates over
+covered wavelengths only, so the row is renormalised), with one :class:`GeoliftWarning`
+naming it. A band covered less raises :class:`SpectralCoverageError` naming the band and
+both ranges, or is dropped with a warning when ``drop_uncovered=True``.
 """
 
 from __future__ import annotations
@@ -39,14 +42,18 @@ import numpy as np
 from geolift.errors import GeoliftWarning, MetadataError, SensorError, SpectralCoverageError
 from geolift.srf.curves import _FOUR_LN2, SensorLike, _as_srfset, _unit_factor
 
-__all__ = ["GAP_FACTOR", "MIN_COVERAGE", "SpectralResponse", "build_response", "response_matrix"]
+__all__ = ["FULL_COVERAGE", "GAP_FACTOR", "MIN_COVERAGE", "SpectralResponse", "build_response", "response_matrix"]
 
 log = logging.getLogger("geolift")
 
 #: A step between neighbouring HSI band centres wider than this many FWHMs is a gap.
 GAP_FACTOR = 2.5
-#: Share of an MSI band's response integral that must lie inside the HSI coverage.
-MIN_COVERAGE = 0.95
+#: Share of an MSI band's response integral that must lie inside the HSI coverage for the band to be used at all
+#: (measured on Wald cases: benchmarks/partial_coverage.py, docs/benchmarks.md).
+MIN_COVERAGE = 0.5
+#: From this share on a band counts as covered; below it (down to MIN_COVERAGE) it is used with its response
+#: truncated to the covered part and renormalised, and a warning names it.
+FULL_COVERAGE = 0.95
 
 
 # --------------------------------------------------------------------------- response matrix
@@ -228,6 +235,18 @@ def build_response(
             f"hyperspectral bands, which span {span}."
         )
         warnings.warn(message, GeoliftWarning, stacklevel=2)
+
+    partial = [i for i in range(len(srf.band_names)) if keep[i] and fractions[i] < FULL_COVERAGE]
+    if partial:
+        ranges = srf.half_max_ranges_nm()
+        details = "; ".join(f"{srf.band_names[i]} ({fractions[i]:.0%} covered, half-maximum "
+                            f"{ranges[i, 0]:.0f}-{ranges[i, 1]:.0f} nm)" for i in partial)
+        warnings.warn(
+            f"{srf.display_name} {'band' if len(partial) == 1 else 'bands'} {details} "
+            f"{'lies' if len(partial) == 1 else 'lie'} partly outside the hyperspectral range "
+            f"({_format_ranges(covered)}); only the covered part of the response is used, renormalised.",
+            GeoliftWarning, stacklevel=2,
+        )
 
     kept = responses[keep] * (weights * inside)
     matrix_sorted = np.zeros((kept.shape[0], centres.size))
