@@ -6,7 +6,8 @@ sentence and exits with the class's ``exit_code``, never a traceback:
 
 1 any other geolift error, 2 bad input or sensor/band, 3 the scenes cannot be
 aligned, 4 the model cannot be fitted or used, 5 the output cannot be written,
-6 a batch cannot run, 7 a batch ran but some jobs failed. The CLI adds 130
+6 a batch cannot run, 7 a batch ran but some jobs failed, 8 an inconsistent pair
+refused by ``--strict``. The CLI adds 130
 (interrupted) and 137 (out of memory); click's usage errors exit 2.
 
 Warnings (:class:`GeoliftWarning`) go through Python's warnings module, so a library
@@ -67,6 +68,12 @@ class BatchError(GeoliftError):
     """A batch manifest is malformed or a batch could not run."""
 
     exit_code = 6
+
+
+class InconsistentPairError(GeoliftError):
+    """The two scenes do not agree (band order, units, clouds...; see geolift.checks) and strict mode refuses them."""
+
+    exit_code = 8
 
 
 class JobsFailedError(BatchError):

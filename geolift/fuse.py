@@ -54,9 +54,16 @@ from affine import Affine
 from rasterio.windows import Window, from_bounds
 
 from geolift import align as coreg
-from geolift import blur, srf
+from geolift import blur, checks, srf
 from geolift import refine as rf
-from geolift.errors import AlignmentError, InputError, MetadataError, ModelError, SensorError
+from geolift.errors import (
+    AlignmentError,
+    InconsistentPairError,
+    InputError,
+    MetadataError,
+    ModelError,
+    SensorError,
+)
 from geolift.grid import Grid
 from geolift.io import Encoding, HSIWriter, OutputBands, Scene, check_output_path, open_scene
 from geolift.model import DEFAULT_PRESET, SpectraLift, torch_threads
@@ -102,6 +109,7 @@ class FuseOptions:
     num_threads: int = 2  # GDAL compression threads
     torch_threads: int | None = None  # torch threads for training and inference; None: leave torch's setting
     overwrite: bool = False
+    strict: bool = False  # refuse an inconsistent pair (geolift.checks) instead of warning
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -130,6 +138,7 @@ class FuseReport:
     shift_peak: float = math.nan
     shift_applied: bool = False
     band_agreement: list[dict[str, Any]] = field(default_factory=list)
+    pair_check: dict[str, Any] = field(default_factory=dict)  # geolift.checks: the verdict, its causes and figures
     harmonized: bool = False
     training_pixels: int = 0
     train_seconds: float = 0.0
@@ -416,6 +425,14 @@ def prepare_fusion(
     for row in report.band_agreement:
         log.info("Band %s agreement (HSI ≈ gain·MSI + offset): gain %.3f, offset %.4g, r %.3f",
                  row["band"], row["gain"], row["offset"], row["correlation"])
+    check = checks.check_pair(response.bands, observed, synthetic, report.shift_peak)
+    report.pair_check = check.to_dict()
+    if check.consistent:
+        log.info("Pair check: %s.", check.summary())
+    elif options.strict:
+        raise InconsistentPairError(f"Refused (--strict): {check.summary()}")
+    else:
+        log.warning("%s", check.summary()[0].upper() + check.summary()[1:] + " The output may be poor.")
     report.harmonized = options.harmonize
     _tick(progress, 3, 3, "read")
 

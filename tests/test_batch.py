@@ -458,6 +458,8 @@ def test_cli_batch_exit_codes_report_and_resume(client, first_run, data, tmp_pat
     assert "1 of 5 job(s) failed" in result.output
     rows = list(csv.DictReader(open(outdir / "batch_report.csv", newline="")))
     assert [r["status"] for r in rows] == ["skipped"] * 4 + ["failed"]
+    # every finished job's pair-check verdict is in the report (from its sidecar when skipped); these pairs are good
+    assert [r["pair_check"] for r in rows] == ["consistent"] * 4 + [""]
     log_text = (outdir / "batch.log").read_text()
     assert "[5/5] broken_hsi_fused: failed after 1 attempt" in log_text  # overall progress in the log
 

@@ -263,6 +263,8 @@ def test_berlin_pair_fuses_onto_the_hymap_grid(berlin, berlin_run, leftovers):
 @pytest.mark.slow
 def test_berlin_run_reports_ratio_shift_and_srf_consistency(berlin_run):
     run, cwd = berlin_run
+    check = json.loads((cwd / "report.json").read_text())["pair_check"]
+    assert check["verdict"] == "consistent" and "Pair check: the pair looks consistent" in run.stderr
     report = json.loads((cwd / "report.json").read_text())
     assert report["resolution_ratio"] == pytest.approx(30 / 3.6, rel=1e-6)  # non-integer ratio 8.33
     assert len(report["shift_px"]) == 2 and all(abs(v) < 1 for v in report["shift_px"])
@@ -398,6 +400,59 @@ def test_enmap_and_worldview3_with_all_eight_vnir_bands_run_by_default(tmp_path,
     assert srf.MIN_COVERAGE * 100 <= coverage < srf.FULL_COVERAGE * 100
 
 
+# ------------------------------------------------------------------------------------------ the pair check
+S2_TEN = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
+
+
+@pytest.fixture(scope="module")
+def ten_band_pair(tmp_path_factory):
+    """A Wald case from the Potsdam EnMAP cube with a 10-band Sentinel-2A MSI (bands named in the file)."""
+    from helpers import read_potsdam_cube, write_tif
+
+    cube, wavelengths, fwhm, crs, transform = read_potsdam_cube()
+    R = srf.response_matrix("sentinel2a", S2_TEN, wavelengths, fwhm_nm=fwhm)
+    case = evaluate.make_wald_case(cube, R, ratio=4, seed=5)
+    folder = tmp_path_factory.mktemp("ten_bands")
+    hsi = write_tif(folder / "enmap.tif", case.lr_hsi.astype(np.float32), crs=crs,
+                    transform=transform @ Affine.scale(4), wavelengths=wavelengths, fwhm=fwhm)
+    msi = write_tif(folder / "s2.tif", case.hr_msi.astype(np.float32), crs=crs, transform=transform)
+    units = write_tif(folder / "s2_x10000.tif", (case.hr_msi * 10000).astype(np.float32), crs=crs,
+                      transform=transform)
+    return hsi, msi, units
+
+
+@pytest.mark.parametrize("bands, msi_file, words", [
+    (S2_TEN[::-1], "s2.tif", ("inconsistent", "--bands")),  # the order of --bands reversed
+    (S2_TEN, "s2_x10000.tif", ("inconsistent", "units", "--harmonize")),  # the MSI in other units
+])
+def test_an_inconsistent_pair_is_said_and_strict_refuses_it(ten_band_pair, tmp_path, bands, msi_file, words):
+    hsi, msi, _ = ten_band_pair
+    msi = msi.parent / msi_file
+    args = ["fuse", hsi, msi, "--sensor", "sentinel2", "--bands", ",".join(bands), "--steps", "20",
+            "--progress", "none", "--report", tmp_path / "report.json"]
+    run = run_geolift([*args, "-o", tmp_path / "fused.tif"])
+    assert run.exit_code == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("geolift: warning:")]
+    assert len(warnings) == 1 and all(w in warnings[0] for w in words), run.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["pair_check"]["verdict"] == "inconsistent"
+
+    strict = run_geolift([*args, "-o", tmp_path / "strict.tif", "--strict"])
+    assert strict.exit_code == 8, strict.stderr
+    assert error_lines(strict) == [strict.stderr.strip().splitlines()[-1]] and "--strict" in strict.stderr
+    assert not (tmp_path / "strict.tif").exists()
+
+
+def test_the_right_bands_in_the_right_order_pass_the_check(ten_band_pair, tmp_path):
+    hsi, msi, _ = ten_band_pair
+    run = run_geolift(["fuse", hsi, msi, "--sensor", "sentinel2", "--bands", ",".join(S2_TEN), "--steps", "20",
+                       "--progress", "none", "--strict", "-o", tmp_path / "fused.tif", "--report",
+                       tmp_path / "report.json"])
+    assert run.exit_code == 0, run.stderr
+    check = json.loads((tmp_path / "report.json").read_text())["pair_check"]
+    assert check["verdict"] == "consistent" and check["min_correlation"] > 0.9
+    assert "geolift: warning:" not in run.stderr
+
+
 # -------------------------------------------------------------------------------------- other commands
 def test_version():
     run = run_geolift(["--version"], process=True)
@@ -446,7 +501,7 @@ def test_the_user_guide_documents_every_exit_code():
 
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GeoliftError)]
     codes = {c.exit_code for c in classes} | {EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY}
-    assert codes == {1, 2, 3, 4, 5, 6, 7, 130, 137}
+    assert codes == {1, 2, 3, 4, 5, 6, 7, 8, 130, 137}
     assert documented_exit_codes() == codes | {0}
     assert errors.JobsFailedError.exit_code != errors.GeoliftError.exit_code  # a failed batch is told apart
 

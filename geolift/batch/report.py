@@ -30,6 +30,7 @@ class JobResult:
     reason: str = ""
     seconds: float = 0.0
     attempts: int = 0  # most tries any one task of the job needed (0: skipped)
+    pair_check: str = ""  # geolift.checks' verdict on the pair ("consistent", or "inconsistent: <causes>")
 
 
 @dataclass
@@ -84,7 +85,16 @@ class BatchReport:
         return json_path, csv_path
 
 
-def job_result(job: BatchJob, status: str, reason: str = "", seconds: float = 0.0, attempts: int = 0) -> JobResult:
+def job_result(job: BatchJob, status: str, reason: str = "", seconds: float = 0.0, attempts: int = 0,
+               pair_check: str = "") -> JobResult:
     """The report row of ``job``."""
     return JobResult(job=job.name, hsi=job.hsi, msi=";".join(job.msi), output=job.output, status=status,
-                     reason=reason, seconds=round(seconds, 3), attempts=attempts)
+                     reason=reason, seconds=round(seconds, 3), attempts=attempts, pair_check=pair_check)
+
+
+def pair_check_text(check: dict) -> str:
+    """A report's ``pair_check`` as one cell: the verdict, and the causes when it is inconsistent."""
+    if not check:
+        return ""
+    causes = " ".join(check.get("causes") or [])
+    return check["verdict"] + (f": {causes}" if causes else "")

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from geolift.batch.jobs import BatchJob, BatchSettings, JobEvent
-from geolift.batch.report import BatchReport, JobResult, job_result
+from geolift.batch.report import BatchReport, JobResult, job_result, pair_check_text
 from geolift.batch.resume import (
     SIDECAR_FORMAT,
     is_complete,
     job_fingerprint,
     job_hash,
+    read_sidecar,
     remove_leftovers,
     sidecar_path,
     write_json_atomic,
@@ -165,10 +166,12 @@ class _Runner:
             write_json_atomic(sidecar_path(output), {
                 "format": SIDECAR_FORMAT, "job": job.name, "hash": digest, "fingerprint": fingerprint,
                 "finished_utc": _utc_now(), "seconds": round(seconds, 3), "attempts": max(tries.most, 1),
+                "pair_check": plan.report.pair_check,
             })
             log.info("%s %s: done in %.1f s -> %s", self._count(), job.name, seconds, output)
             self.emit(JobEvent(job.name, "done", 1, 1))
-            return job_result(job, "done", seconds=seconds, attempts=max(tries.most, 1))
+            return job_result(job, "done", seconds=seconds, attempts=max(tries.most, 1),
+                              pair_check=pair_check_text(plan.report.pair_check))
         except Exception as exc:
             seconds = time.perf_counter() - started
             reason = "interrupted" if self.stopping.is_set() else describe_failure(exc)
@@ -272,7 +275,8 @@ def run_batch(
         fingerprint = job_fingerprint(job, settings.torch_threads)
         digest = job_hash(fingerprint)
         if not settings.force and is_complete(job, digest):
-            results[job.name] = job_result(job, "skipped", "output is up to date")
+            check = (read_sidecar(job.output) or {}).get("pair_check") or {}
+            results[job.name] = job_result(job, "skipped", "output is up to date", pair_check=pair_check_text(check))
             emit(JobEvent(job.name, "skipped", 1, 1))
         else:
             todo.append((job, fingerprint, digest))

@@ -34,7 +34,7 @@ _PRESET_HELP = (
 
 @dataclass(frozen=True)
 class FusionChoices:
-    """What the user chose on the command line for one fusion (the options :func:`fusion_options` adds)."""
+    """What the user chose on the command line for one fusion (the options :func:`with_options` adds)."""
 
     sensor: Annotated[Optional[str], typer.Option(
         "--sensor", "-s", help="MSI sensor from the SRF library (see `geolift sensors`), e.g. sentinel2.")] = None
@@ -57,6 +57,9 @@ class FusionChoices:
     dtype: Annotated[Optional[OutputType], typer.Option(
         "--dtype", help="Output data type (default: int16 in the HSI's units for integer HSIs, else float32).")] = None
     compress: Annotated[Compression, typer.Option("--compress", help="GeoTIFF compression.")] = Compression.deflate
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse a pair that looks inconsistent (band order, units, clouds...; exit code 8) "
+        "instead of warning.")] = False
     tile_size: Annotated[int, typer.Option(
         "--tile-size", help="Internal GeoTIFF tile size (multiple of 16); smaller tiles need less memory.")] = 512
 
@@ -70,6 +73,7 @@ class FusionChoices:
             srf_path=str(self.srf_csv) if self.srf_csv else None, drop_uncovered=self.drop_uncovered,
             steps=self.steps, seed=self.seed, device=self.device, align=not self.no_align, harmonize=self.harmonize,
             dtype=self.dtype.value if self.dtype else None, compress=self.compress.value, tile_size=self.tile_size,
+            strict=self.strict,
             **({"preset": self.preset} if self.preset else {}),  # none given: the model's default preset (geolift)
             **runtime,
         )
