@@ -37,13 +37,14 @@ competes with GDAL's compression threads for the same cores.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from affine import Affine
 from rasterio.windows import Window, from_bounds
 
 from geolift import align as coreg
-from geolift import blur, checks, srf
+from geolift import blur, checks, qa, srf
 from geolift import refine as rf
 from geolift.errors import (
     AlignmentError,
@@ -281,6 +282,7 @@ class FusionPlan:
     report: FuseReport
     options: FuseOptions
     correction: rf.Correction | None = None  # the consistency step's LR correction (None: not applied)
+    novelty: qa.NoveltyIndex | None = None  # what the network was trained on, for the QA layer's novelty
 
     @property
     def grid(self) -> Grid:
@@ -307,29 +309,50 @@ class FusionPlan:
         msi_block[:, ~covered] = np.nan
         return msi_block
 
-    def predict_window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    def predict_window(self, window: Window, qa: bool = False) -> tuple[np.ndarray, ...]:
         """HR-HSI block for ``window`` of the output grid: (all HSI bands, rows, cols), NaN = nodata.
 
         The network's prediction plus, when the plan has one, the consistency correction (pass 2).
-        Also returns the MSI block fed to the model, for the SRF-consistency check.
+        Also returns the MSI block fed to the model, for the SRF-consistency check, and with ``qa`` the
+        window's reliability layer (:mod:`geolift.qa`, ``(4, rows, cols)``).
         """
         window = _int_window(window)
         msi_block = self.model_input(window)
         fused_good = self.model.predict(msi_block)
+        correction_rms = None
+        if qa and self.correction is not None:
+            correction_rms = np.full((window.height, window.width), np.nan, np.float32)
         if self.correction is not None:
-            self.apply_correction(fused_good, window)
+            self.apply_correction(fused_good, window, correction_rms)
+        quality = self.quality_block(window, fused_good, msi_block, correction_rms) if qa else None
         if self.hsi.good_bands.all():
-            return fused_good, msi_block  # no 200-band copy when there is no bad band to fill with NaN
-        out = np.full((self.hsi.count, window.height, window.width), np.nan, np.float32)
-        out[self.hsi.good_bands] = fused_good
-        return out, msi_block
+            out = fused_good  # no 200-band copy when there is no bad band to fill with NaN
+        else:
+            out = np.full((self.hsi.count, window.height, window.width), np.nan, np.float32)
+            out[self.hsi.good_bands] = fused_good
+        return (out, msi_block) if quality is None else (out, msi_block, quality)
 
-    def apply_correction(self, fused_good: np.ndarray, window: Window) -> None:
+    def quality_block(self, window: Window, fused_good: np.ndarray, msi_block: np.ndarray,
+                      correction_rms: np.ndarray | None) -> np.ndarray:
+        """The window's QA bands (:data:`geolift.qa.QA_BANDS`), float32 ``(4, rows, cols)``."""
+        rows, cols = fused_good.shape[1:]
+        valid = np.isfinite(fused_good).all(axis=0)
+        covered = coreg.coverage_mask(self.hsi_grid, self.grid.subgrid(window), self.hsi_valid)
+        reason = np.where(valid, qa.NODATA_VALID, np.where(covered, qa.NODATA_NO_MSI, qa.NODATA_OUTSIDE_HSI))
+        novelty = (self.novelty.score(msi_block) if self.novelty is not None
+                   else np.full((rows, cols), np.nan, np.float32))
+        lr = correction_rms if correction_rms is not None else np.full((rows, cols), np.nan, np.float32)
+        layers = [qa.srf_residual(self.response, fused_good, msi_block), lr, novelty, reason.astype(np.float32)]
+        out = np.stack(layers).astype(np.float32, copy=False)
+        out[:3, ~valid] = np.nan
+        return out
+
+    def apply_correction(self, fused_good: np.ndarray, window: Window, relative_rms: np.ndarray | None = None) -> None:
         """Add the consistency correction to the network's block (good bands) in place and clip to the
         model's range, as :func:`geolift.refine.refine` does."""
         started = time.perf_counter()
         rf.add_correction(self.correction, fused_good, int(window.row_off), int(window.col_off),
-                          self.model.data_range)
+                          self.model.data_range, relative_rms)
         with _REPORT_LOCK:  # windows may be predicted concurrently (batch tile tasks on threads)
             self.report.correction_seconds += time.perf_counter() - started
 
@@ -460,6 +483,7 @@ def prepare_fusion(
         hsi=hsi, msi=msi, msi_band_indices=band_indices, response=response.matrix,
         hsi_grid=hsi_grid, hsi_valid=hsi_valid, output=ov, model=model,
         agreement=agreement if options.harmonize else None, report=report, options=options,
+        novelty=qa.NoveltyIndex(synthetic[:, hsi_valid].T, seed=options.seed),
     )
     if model.consistency:
         with torch_threads(options.torch_threads):
@@ -628,13 +652,15 @@ def write_fusion(
     output: PathLike,
     progress: Progress | None = None,
     inputs: Sequence[PathLike] = (),
-    blocks: Callable[[Window], tuple[np.ndarray, np.ndarray]] | None = None,
+    blocks: Callable[[Window], tuple[np.ndarray, ...]] | None = None,
+    qa_path: PathLike | None = None,
 ) -> FuseReport:
     """Stream every block of the output grid (:meth:`FusionPlan.output_windows`) into a tiled GeoTIFF, atomically.
 
     A worker thread predicts (and corrects) the next block while the main thread encodes and writes this one, so
-    inference and compression share the cores. ``blocks(window)`` gives a window's ``(block, msi_block)`` when they
-    are computed elsewhere (``geolift batch``'s tile tasks); by default the plan predicts them.
+    inference and compression share the cores. ``blocks(window)`` gives a window's ``(block, msi_block)`` (and its
+    QA block with ``qa_path``) when they are computed elsewhere (``geolift batch``'s tile tasks); by default the
+    plan predicts them. ``qa_path`` also writes the reliability layer (:mod:`geolift.qa`) there, block by block.
     """
     options, report, hsi = plan.options, plan.report, plan.hsi
     grid = plan.grid
@@ -644,13 +670,13 @@ def write_fusion(
     report.correction_seconds = 0.0  # apply_correction adds to it (on this machine; not in batch tile tasks)
     all_good = bool(hsi.good_bands.all())
     response32 = torch.from_numpy(np.asarray(plan.response, dtype=np.float32))
-    predict = blocks or plan.predict_window
+    predict = blocks or functools.partial(plan.predict_window, qa=qa_path is not None)
 
     def produce(window: Window) -> tuple[np.ndarray, tuple[float, float, int, float]]:
         """The window's block and its figures (seconds, SRF-check sums), summed in window order by the
         consumer so that the report does not depend on which worker finished first."""
         t0 = time.perf_counter()
-        block, msi_block = predict(window)
+        block, msi_block, *quality = predict(window)
         seconds = time.perf_counter() - t0
         good = block if all_good else block[hsi.good_bands]  # boolean indexing would copy every band
         with torch.inference_mode():  # torch's threads: numpy's BLAS pool would compete with GDAL's
@@ -659,22 +685,33 @@ def write_fusion(
         valid = np.isfinite(resynth).all(axis=0)
         figures = (seconds, float(np.sum((resynth[:, valid] - msi_block[:, valid]) ** 2)),
                    int(valid.sum()) * resynth.shape[0], float(np.sum(msi_block[:, valid])))
-        return block, figures
+        return (block, *quality), figures
 
     started = time.perf_counter()
     bands = OutputBands(hsi.wavelengths_nm, hsi.fwhm_nm, good=hsi.good_bands)
-    with HSIWriter(
-        output, grid, bands, output_encoding(hsi, options), tags=keep_tags, parameters=options.to_dict(),
-        overwrite=options.overwrite, inputs=list(inputs) or [*hsi.paths, *plan.msi.paths],
-    ) as writer:
+    inputs = list(inputs) or [*hsi.paths, *plan.msi.paths]
+    with ExitStack() as stack:
+        qa_writer = None
+        if qa_path is not None:  # entered first, so it is finished last: never a QA layer without its output
+            qa_encoding = Encoding(tile=options.tile_size, compress=options.compress, num_threads=options.num_threads)
+            qa_writer = stack.enter_context(HSIWriter(
+                qa_path, grid, OutputBands(names=qa.QA_BANDS), qa_encoding, overwrite=options.overwrite,
+                inputs=[*inputs, output], tags={"geolift_qa_for": Path(output).name},
+            ))
+        writer = stack.enter_context(HSIWriter(
+            output, grid, bands, output_encoding(hsi, options), tags=keep_tags, parameters=options.to_dict(),
+            overwrite=options.overwrite, inputs=inputs,
+        ))
         windows = plan.output_windows()
         first, total = (len(windows), 2 * len(windows)) if refined else (0, len(windows))
 
         def ordered_blocks() -> Iterator[tuple[Window, np.ndarray]]:
             with closing(pipelined(produce, windows)) as results:  # closed with this generator: stops the workers
-                for i, (window, (block, figures)) in enumerate(results):
+                for i, (window, ((block, *quality), figures)) in enumerate(results):
                     for key, value in zip(("predict", "sq_error", "sq_count", "msi_sum"), figures):
                         stats[key] += value
+                    if qa_writer is not None:
+                        qa_writer.write_block(quality[0], window)
                     yield window, block
                     _tick(progress, first + i + 1, total, "write")
 
@@ -775,19 +812,22 @@ def fuse_files(
     output: PathLike | None = None,
     options: FuseOptions | None = None,
     progress: Progress | None = None,
+    qa: PathLike | None = None,
 ) -> FuseReport:
     """Fuse an LR-HSI and an HR-MSI file into an HR-HSI GeoTIFF; returns what was done.
 
-    ``output`` defaults to ``<cwd>/<HSI stem>_fused.tif``. The output is checked before any
-    heavy work (writable folder, not an input, not existing unless ``options.overwrite``)
-    and written atomically, so a failure never leaves a truncated file behind.
+    ``output`` defaults to ``<cwd>/<HSI stem>_fused.tif``; ``qa`` also writes the reliability layer
+    (:mod:`geolift.qa`) there. The outputs are checked before any heavy work (writable folder, not an input, not
+    existing unless ``options.overwrite``) and written atomically, so a failure never leaves a truncated file.
     """
     options = options or FuseOptions()
     output = Path(output) if output is not None else default_output_path(hsi_source)
     inputs = [*_as_list(hsi_source), *_as_list(msi_source)]
     check_output_path(output, overwrite=options.overwrite, inputs=inputs)
+    if qa is not None:
+        check_output_path(qa, overwrite=options.overwrite, inputs=[*inputs, output])
     plan = prepare_fusion(hsi_source, msi_source, options, progress)
-    return write_fusion(plan, output, progress, inputs=inputs)
+    return write_fusion(plan, output, progress, inputs=inputs, qa_path=qa)
 
 
 def _as_list(source: PathLike | Sequence[PathLike]) -> list[PathLike]:

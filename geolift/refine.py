@@ -479,10 +479,11 @@ def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: in
 
 
 def add_correction(correction: Correction, tile: np.ndarray, row_off: int, col_off: int,
-                   value_range: tuple[float, float] | None = None) -> None:
+                   value_range: tuple[float, float] | None = None, relative_rms: np.ndarray | None = None) -> None:
     """``tile += correction_for_tile(...)`` in place, then clip to ``value_range``: pass 2 without a
     tile-sized temporary, every step on cache-sized chunks. ``tile`` must be a C-contiguous float32
-    (C, rows, cols) array; its NaN pixels stay NaN."""
+    (C, rows, cols) array; its NaN pixels stay NaN. ``relative_rms`` (rows, cols), when given, receives each
+    pixel's correction RMS over its spectrum's RMS (the QA layer's ``lr_correction``)."""
     if tile.dtype != np.float32 or not tile.flags.c_contiguous:
         raise ModelError("add_correction needs a C-contiguous float32 (bands, rows, cols) tile.")
     work = _TileCorrection(correction, tile, row_off, col_off)
@@ -490,7 +491,11 @@ def add_correction(correction: Correction, tile: np.ndarray, row_off: int, col_o
     with torch.inference_mode():
         for rows in work.chunks():
             x = whole[:, rows].reshape(work.bands, -1)  # a view: whole rows of a contiguous tile
-            x.add_(work.delta(x, rows))  # NaN pixels stay NaN
+            delta = work.delta(x, rows)
+            if relative_rms is not None:
+                ratio = delta.square().mean(dim=0).sqrt() / x.square().mean(dim=0).sqrt()
+                relative_rms[rows] = ratio.reshape(-1, work.cols).numpy()
+            x.add_(delta)  # NaN pixels stay NaN
             if value_range is not None:
                 x.clamp_(value_range[0], value_range[1])
 

@@ -228,7 +228,7 @@ def berlin_run(berlin, tmp_path_factory):
     """The Berlin pair fused by the real command, as a user types it: no -o, so into the current folder."""
     cwd = tmp_path_factory.mktemp("berlin_cli")
     run = run_geolift(["fuse", berlin.hsi_tif, berlin.msi_tif, "--steps", BERLIN_STEPS, "--progress", "plain",
-                       "--report", "report.json"], cwd=cwd, process=True)
+                       "--report", "report.json", "--qa", "qa.tif"], cwd=cwd, process=True)
     return run, cwd
 
 
@@ -237,7 +237,7 @@ def test_berlin_pair_fuses_onto_the_hymap_grid(berlin, berlin_run, leftovers):
     run, cwd = berlin_run
     assert run.exit_code == 0, run.stderr
     out = cwd / "enmap_sim_berlin_30m_177b_fused.tif"
-    assert sorted(p.name for p in cwd.iterdir()) == sorted([out.name, "report.json"])
+    assert sorted(p.name for p in cwd.iterdir()) == sorted([out.name, "report.json", "qa.tif"])
     assert leftovers(cwd) == []
     report = json.loads((cwd / "report.json").read_text())
     col, row, width, height = report["msi_window"]
@@ -261,6 +261,24 @@ def test_berlin_pair_fuses_onto_the_hymap_grid(berlin, berlin_run, leftovers):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_berlin_run_writes_the_qa_layer_on_the_output_grid(berlin_run):
+    _, cwd = berlin_run
+    with rasterio.open(cwd / "enmap_sim_berlin_30m_177b_fused.tif") as out, rasterio.open(cwd / "qa.tif") as qa:
+        assert (qa.crs, qa.transform, qa.width, qa.height) == (out.crs, out.transform, out.width, out.height)
+        assert qa.descriptions == ("srf_residual", "lr_correction", "novelty", "nodata_reason")
+        assert qa.profile["tiled"] and qa.dtypes[0] == "float32"
+        layers = qa.read()
+        valid = out.read(1, masked=True).mask == False  # noqa: E712 - numpy array comparison
+    reason = layers[3]
+    np.testing.assert_array_equal(reason == 0, valid)  # nodata_reason is 0 exactly where the output has data
+    assert np.isin(reason[~valid], [1, 2]).all()
+    srf_residual, lr_correction, novelty = (band[valid] for band in layers[:3])
+    assert np.isfinite(srf_residual).all() and np.median(srf_residual) < 0.05  # the network reproduces the MSI
+    assert np.isfinite(lr_correction).all() and np.median(lr_correction) < 0.3
+    assert np.median(novelty) < 1.0  # most pixels are like what the network was trained on
+
+
 def test_berlin_run_reports_ratio_shift_and_srf_consistency(berlin_run):
     run, cwd = berlin_run
     check = json.loads((cwd / "report.json").read_text())["pair_check"]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from helpers import read_potsdam_cube, write_tif
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from geolift import align, evaluate, refine, srf
@@ -283,3 +284,35 @@ def test_failed_write_leaves_no_output_and_no_temporary_file(wald, tmp_path, lef
                    progress=interrupt_while_writing)
     assert not out.exists()
     assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------- the QA layer
+def test_novelty_lights_up_on_a_material_only_the_hr_msi_shows(tmp_path):
+    """Plant a material the LR-HSI never shows (bright blue and red, dark green and NIR) in the HR-MSI of a Wald
+    case: its pixels are far outside what the network was trained on; the rest of the scene is not."""
+    from geolift import qa
+
+    cube, wavelengths, fwhm, crs, transform = read_potsdam_cube()
+    bands = ["B2", "B3", "B4", "B8"]
+    R = srf.response_matrix("sentinel2a", bands, wavelengths, fwhm_nm=fwhm)
+    case = evaluate.make_wald_case(cube, R, ratio=4, seed=42)
+    msi = case.hr_msi.astype(np.float32)
+    msi[:, 20:28, 60:68] = np.array([0.5, 0.08, 0.5, 0.06], np.float32)[:, None, None]
+    msi[:, 40:44, 10:14] = np.nan  # no MSI data here
+    hsi_path = write_tif(tmp_path / "hsi.tif", case.lr_hsi.astype(np.float32), crs=crs,
+                         transform=transform @ Affine.scale(4), wavelengths=wavelengths, fwhm=fwhm)
+    msi_path = write_tif(tmp_path / "msi.tif", msi, crs=crs, transform=transform, descriptions=bands)
+    fuse_files(hsi_path, msi_path, tmp_path / "out.tif", FuseOptions(sensor="sentinel2a", steps=200),
+               qa=tmp_path / "qa.tif")
+    with rasterio.open(tmp_path / "qa.tif") as ds:
+        col, row = (round(v) for v in ~transform * (ds.transform.c, ds.transform.f))  # output window in the MSI
+        novelty, reason = ds.read(3), ds.read(4)
+    planted = np.zeros(novelty.shape, bool)
+    planted[20 - row:28 - row, 60 - col:68 - col] = True
+    elsewhere = ~planted & np.isfinite(novelty)
+    assert novelty[planted].min() > 5 * qa.NOVEL
+    assert np.median(novelty[elsewhere]) < 1.0 and np.percentile(novelty[elsewhere], 90) < qa.NOVEL
+    gap = (slice(40 - row, 44 - row), slice(10 - col, 14 - col))
+    assert (reason[gap] == qa.NODATA_NO_MSI).all() and np.isnan(novelty[gap]).all()
+    assert (reason[planted] == qa.NODATA_VALID).all()
+

@@ -30,6 +30,9 @@ def fuse(
     )] = None,
     report: Annotated[Optional[Path], typer.Option(
         "--report", help="Also write what was done as JSON to this file.")] = None,
+    qa: Annotated[Optional[Path], typer.Option(
+        "--qa", help="Also write the reliability layer (per pixel: SRF residual, LR correction, novelty, nodata "
+        "reason; docs/user-guide.md) as a GeoTIFF on the output grid.")] = None,
     *,
     fusion: FusionChoices,
     display: DisplayChoices,
@@ -50,7 +53,7 @@ def fuse(
                                       torch_threads=threads or 1)
         msi_source = msi[0] if len(msi) == 1 else list(msi)
         with progress_reporter(display.progress_mode) as callback:
-            result = fuse_files(hsi, msi_source, output, options, progress=callback)
+            result = fuse_files(hsi, msi_source, output, options, progress=callback, qa=qa)
         if report is not None:
             try:
                 report.write_text(json.dumps(result.to_dict(), indent=2, default=str))

@@ -49,21 +49,24 @@ def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
 
 @dataclass(frozen=True, eq=False)
 class OutputBands:
-    """The output's bands: centre wavelengths (nm), and optionally FWHM (nm), names and good-band flags.
+    """The output's bands: centre wavelengths (nm), and optionally FWHM (nm), names and good-band flags; or, for
+    bands that are not spectral (the QA layer), names alone, which become the band descriptions.
 
     Each band gets the description ``"band 12 (512.3 nm)"`` (a name replaces ``"band 12"``), band tags
     ``wavelength``, ``fwhm``, ``wavelength_units=Nanometers`` and ``bbl`` (EnMAP-Box and QGIS read these) and
     GDAL's ``IMAGERY`` ``CENTRAL_WAVELENGTH_UM`` / ``FWHM_UM``.
     """
 
-    wavelengths_nm: Sequence[float] | np.ndarray
+    wavelengths_nm: Sequence[float] | np.ndarray | None = None
     fwhm_nm: Sequence[float] | np.ndarray | None = None
     names: Sequence[str] | None = None
     good: Sequence[bool] | np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        wavelengths = np.asarray(self.wavelengths_nm, dtype=np.float64).ravel()
-        count = int(wavelengths.size)
+        if self.wavelengths_nm is None and self.names is None:
+            raise OutputError("The output's bands need wavelengths or names.")
+        wavelengths = None if self.wavelengths_nm is None else np.asarray(self.wavelengths_nm, np.float64).ravel()
+        count = int(wavelengths.size) if wavelengths is not None else len(self.names)
         if count == 0:
             raise OutputError("The output needs at least one band (no wavelengths given).")
         fwhm = None if self.fwhm_nm is None else np.asarray(self.fwhm_nm, dtype=np.float64).ravel()
@@ -80,7 +83,7 @@ class OutputBands:
 
     @property
     def count(self) -> int:
-        return int(self.wavelengths_nm.size)
+        return int(self.wavelengths_nm.size) if self.wavelengths_nm is not None else len(self.names)
 
 
 class HSIWriter:
@@ -156,7 +159,10 @@ class HSIWriter:
 
     def _write_metadata(self) -> None:
         ds = self._ds
-        for i in range(self.count):
+        spectral = self.bands.wavelengths_nm is not None
+        for i in range(self.count if not spectral else 0):
+            ds.set_band_description(i + 1, self.bands.names[i])
+        for i in range(self.count if spectral else 0):
             wl = self.bands.wavelengths_nm[i]
             name = _DESC_SUFFIX.sub("", self.bands.names[i]) if self.bands.names else ""
             ds.set_band_description(i + 1, f"{name or f'band {i + 1}'} ({_fmt(wl)} nm)")
@@ -174,7 +180,8 @@ class HSIWriter:
             ds.offsets = (self.encoding.offset,) * self.count
         dataset_tags = dict(self.tags)
         dataset_tags["geolift_version"] = __version__
-        dataset_tags["wavelength_units"] = "Nanometers"
+        if spectral:
+            dataset_tags["wavelength_units"] = "Nanometers"
         if self.parameters is not None:
             dataset_tags["geolift_parameters"] = json.dumps(self.parameters, sort_keys=True, default=str)
         ds.update_tags(**dataset_tags)
