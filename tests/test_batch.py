@@ -466,9 +466,13 @@ def test_cli_batch_exit_codes_report_and_resume(client, first_run, data, tmp_pat
     _, pairs, _ = data
     good = write_manifest(tmp_path / "good.csv", [wald_row(pairs["c"])])
     result = runner.invoke(app, ["batch", str(good), "-o", str(tmp_path / "out"), "--scheduler", address,
-                                 "--progress", "plain", "--log", str(tmp_path / "run.log")])
+                                 "--progress", "plain", "--log", str(tmp_path / "run.log"), "--qa"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "wald_c_hsi_fused.tif").is_file()
+    with rasterio.open(tmp_path / "out" / "wald_c_hsi_fused.tif") as out, \
+            rasterio.open(tmp_path / "out" / "wald_c_hsi_fused_qa.tif") as qa:  # --qa: the layer beside it
+        assert qa.descriptions[3] == "nodata_reason" and (qa.transform, qa.shape) == (out.transform, out.shape)
+        np.testing.assert_array_equal(qa.read(4) == 0, np.isfinite(out.read(1)))
     assert "geolift: progress 100.0% batch" in result.output
     assert "done in" in (tmp_path / "run.log").read_text()
 

@@ -31,13 +31,20 @@ class BatchJob:
     def inputs(self) -> list[str]:
         return [self.hsi, *self.msi]
 
+    @property
+    def qa_output(self) -> str:
+        """Where ``--qa`` writes this job's reliability layer: beside the output, ``<stem>_qa.tif``."""
+        out = Path(self.output)
+        return str(out.with_name(f"{out.stem}_qa.tif"))
+
 
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How a batch runs (not what it computes, except ``torch_threads``, which is hashed)."""
+    """How a batch runs (not what it computes, except ``torch_threads`` and ``qa``, which are hashed)."""
 
     torch_threads: int = 1  # torch threads in every task; fixes the fit's floating-point result
+    qa: bool = False  # also write each output's reliability layer beside it (<output stem>_qa.tif)
     retries: int = 2  # resubmissions per task after a retryable failure
     force: bool = False  # redo jobs even when their sidecar matches
     pixels_per_task: int = 512 * 512  # output pixels per tile task; scenes up to this size are one task

@@ -53,7 +53,7 @@ def _content_hash(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def job_fingerprint(job: BatchJob, torch_threads: int = 1) -> dict[str, Any]:
+def job_fingerprint(job: BatchJob, torch_threads: int = 1, qa: bool = False) -> dict[str, Any]:
     """Everything the output depends on: input stamps, result-relevant options, threads, version.
 
     Local inputs are stamped by path, size and modification time (ns) of the file and its
@@ -69,6 +69,7 @@ def job_fingerprint(job: BatchJob, torch_threads: int = 1) -> dict[str, Any]:
         "srf_sha256": _content_hash(job.options.srf_path) if job.options.srf_path else None,
         "options": options,
         "torch_threads": int(torch_threads),
+        "qa": bool(qa),
     }
 
 
@@ -91,9 +92,9 @@ def read_sidecar(output: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT else None
 
 
-def is_complete(job: BatchJob, digest: str) -> bool:
-    """True when the job's output exists and its sidecar records the same input/parameter hash."""
-    if not Path(job.output).is_file():
+def is_complete(job: BatchJob, digest: str, qa: bool = False) -> bool:
+    """True when the job's output (and with ``qa`` its QA layer) exists and its sidecar records the same hash."""
+    if not Path(job.output).is_file() or (qa and not Path(job.qa_output).is_file()):
         return False
     sidecar = read_sidecar(job.output)
     return sidecar is not None and sidecar.get("hash") == digest

@@ -127,8 +127,13 @@ class _Runner:
                 raise _InterruptedError()
             output = Path(job.output)
             output.parent.mkdir(parents=True, exist_ok=True)
-            check_output_path(output, overwrite=True, inputs=[i for i in job.inputs if not is_remote(i)])
+            local_inputs = [i for i in job.inputs if not is_remote(i)]
+            check_output_path(output, overwrite=True, inputs=local_inputs)
             remove_leftovers(output)
+            qa_path = None
+            if self.settings.qa:
+                qa_path = check_output_path(job.qa_output, overwrite=True, inputs=[*local_inputs, output])
+                remove_leftovers(qa_path)
             log.info("%s: started (%s + %s).", job.name, Path(job.hsi).name, ", ".join(Path(m).name for m in job.msi))
             self.emit(JobEvent(job.name, "read", 0, 1))
 
@@ -137,6 +142,7 @@ class _Runner:
             def submit_prepare():
                 return self.client.submit(
                     prepare_task, job, self.settings.torch_threads, self.settings.pixels_per_task, self.topic,
+                    self.settings.qa,
                     key=f"geolift_prepare-{token}-{uuid.uuid4().hex[:8]}", priority=0, pure=False)
 
             plan_future, prepared = self._await(self._track(submit_prepare()), submit_prepare, tries, job, "training")
@@ -158,7 +164,7 @@ class _Runner:
             try:
                 write_fusion(plan, output,
                              progress=lambda d, t, s: self.emit(JobEvent(job.name, "write", d, t)),
-                             inputs=job.inputs, blocks=fetch)
+                             inputs=job.inputs, blocks=fetch, qa_path=qa_path)
             finally:
                 if feed is not None:
                     feed.close()
@@ -207,6 +213,7 @@ class _TileFeed:
         runner = self.runner
         return runner._track(runner.client.submit(
             predict_task, self.plan_future, self.groups[g], runner.settings.torch_threads, self.job.name,
+            runner.settings.qa,
             runner.topic, key=f"geolift_tiles-{self.token}-{g}-{uuid.uuid4().hex[:8]}", priority=1, pure=False))
 
     def _fill(self, upto: int) -> None:
@@ -272,9 +279,9 @@ def run_batch(
     results: dict[str, JobResult] = {}
     todo: list[tuple[BatchJob, dict, str]] = []
     for job in jobs:
-        fingerprint = job_fingerprint(job, settings.torch_threads)
+        fingerprint = job_fingerprint(job, settings.torch_threads, settings.qa)
         digest = job_hash(fingerprint)
-        if not settings.force and is_complete(job, digest):
+        if not settings.force and is_complete(job, digest, settings.qa):
             check = (read_sidecar(job.output) or {}).get("pair_check") or {}
             results[job.name] = job_result(job, "skipped", "output is up to date", pair_check=pair_check_text(check))
             emit(JobEvent(job.name, "skipped", 1, 1))

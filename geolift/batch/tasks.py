@@ -157,20 +157,21 @@ def _with_portable_errors(task: Callable) -> Callable:
 
 
 @_with_portable_errors
-def prepare_task(job: BatchJob, torch_threads: int, inline_pixels: int, topic: str | None) -> PreparedJob:
+def prepare_task(job: BatchJob, torch_threads: int, inline_pixels: int, topic: str | None,
+                 qa: bool = False) -> PreparedJob:
     """Dask task: read, align and fit one job; predict it too when the output is small."""
     with _task_context(job.name, torch_threads, topic) as progress:
         plan = prepare_fusion(job.hsi, job.msi_source, replace(job.options, overwrite=True), progress=progress)
         grid = plan.grid
         if grid.width * grid.height > inline_pixels:
             return PreparedJob(plan, None)
-        blocks = [plan.predict_window(w) for w in plan.output_windows()]
+        blocks = [plan.predict_window(w, qa=qa) for w in plan.output_windows()]
         return PreparedJob(plan, blocks)
 
 
 @_with_portable_errors
-def predict_task(prepared: PreparedJob, windows: list, torch_threads: int, job: str,
+def predict_task(prepared: PreparedJob, windows: list, torch_threads: int, job: str, qa: bool,
                   topic: str | None) -> list[tuple[Any, Any]]:
     """Dask task: predict a run of output windows of one scene with its fitted plan."""
     with _task_context(job, torch_threads, topic):
-        return [prepared.plan.predict_window(w) for w in windows]
+        return [prepared.plan.predict_window(w, qa=qa) for w in windows]

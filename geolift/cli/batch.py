@@ -166,6 +166,8 @@ def batch(
     retries: Annotated[int, typer.Option(
         "--retries", min=0, help="Resubmissions of a task whose worker died or hit an I/O or memory error (input "
         "errors are never retried).")] = 2,
+    qa: Annotated[bool, typer.Option(
+        "--qa", help="Also write each output's reliability layer beside it, as <output name>_qa.tif.")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Redo every job, even those whose output is up to date.")] = False,
     pixels_per_task: Annotated[int, typer.Option(
@@ -211,7 +213,7 @@ def batch(
             if unmatched:
                 log.warning("%d HSI scene(s) have no MSI pair and are left out (see the log).", len(unmatched))
         settings = BatchSettings(torch_threads=torch_threads, retries=retries, force=force,
-                                 pixels_per_task=pixels_per_task)
+                                 pixels_per_task=pixels_per_task, qa=qa)
         try:
             with dask_client(scheduler, workers, torch_threads) as client:
                 n_workers = len(client.scheduler_info().get("workers", {}))
