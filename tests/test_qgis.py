@@ -56,6 +56,7 @@ STUB_GEOLIFT = """
 import os, shutil, signal, sys, time
 args = sys.argv[1:]
 print("geolift: args " + " ".join(args), file=sys.stderr, flush=True)
+print("geolift: warning: WorldView-3 band B1 (78% covered) lies partly outside the HSI.", file=sys.stderr, flush=True)
 if "BAD" in args:
     print("geolift: error: MSI band BAD is not a band of sentinel2a.", file=sys.stderr)
     sys.exit(2)
@@ -87,6 +88,7 @@ def test_parse_line_classifies_progress_error_and_log_lines():
     assert runner.parse_line("geolift: progress 100% write") == ("progress", 100.0, "write")
     assert runner.parse_line("geolift: error: The HSI has no wavelengths.") == ("error", "The HSI has no wavelengths.")
     assert runner.parse_line("geolift: reading HSI") == ("info", "geolift: reading HSI")
+    assert runner.parse_line("geolift: warning: B1 is 78% covered.") == ("warning", "B1 is 78% covered.")
 
 
 def test_fuse_arguments_follow_the_cli_contract():
@@ -101,6 +103,8 @@ def test_fuse_arguments_follow_the_cli_contract():
     assert args[args.index("--sensor") + 1] == "sentinel2a"
     assert args[args.index("--bands") + 1] == "B2,B3,B4,B8"
     assert args[args.index("--steps") + 1] == "300" and args[args.index("--seed") + 1] == "7"
+    with_qa = runner.fuse_arguments("h.tif", "m.tif", "o.tif", qa="o_qa.tif")
+    assert with_qa[with_qa.index("--qa") + 1] == "o_qa.tif"
     from_metadata = runner.fuse_arguments("h.tif", "m.tif", "o.tif", sensor=runner.FROM_METADATA, bands="")
     assert not {"--sensor", "--bands", "--steps", "--harmonize", "--drop-uncovered"} & set(from_metadata)
 
@@ -156,14 +160,16 @@ def test_child_environment_drops_qgis_python_settings():
 def test_run_geolift_reports_progress_and_writes_output(tmp_path):
     stub = runner.GeoliftCommand([str(write_script(tmp_path / "geolift", STUB_GEOLIFT))], "test")
     output = tmp_path / "fused.tif"
-    progress, infos = [], []
+    progress, infos, warnings = [], [], []
     result = runner.run_geolift(
         stub,
         runner.fuse_arguments(str(HSI), str(MSI), str(output)),
         on_progress=lambda pct, stage: progress.append((pct, stage)),
         on_info=infos.append,
+        on_warning=warnings.append,
     )
     assert result.returncode == 0 and not result.canceled and result.errors == []
+    assert warnings == ["WorldView-3 band B1 (78% covered) lies partly outside the HSI."]
     assert progress[0] == (0.0, "read") and progress[-1] == (100.0, "write")
     assert [pct for pct, _ in progress] == sorted(pct for pct, _ in progress)
     assert any(line.startswith("geolift: args fuse ") for line in infos)
@@ -418,6 +424,7 @@ def test_qgis_shows_progress_and_passes_arguments_to_a_stub_geolift(tmp_path):
         f"geolift: args fuse {HSI} {MSI} --output {output} --overwrite --progress plain --sensor sentinel2a "
         "--bands B2,B3,B4,B8 --steps 300 --seed 3" in done.stdout
     )
+    assert "geolift: warning: WorldView-3 band B1 (78% covered)" in done.stdout + done.stderr  # a QGIS warning
     assert output.read_bytes() == HSI.read_bytes()
 
 

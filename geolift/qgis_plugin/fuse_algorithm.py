@@ -67,6 +67,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
     HARMONIZE = "HARMONIZE"
     DROP_UNCOVERED = "DROP_UNCOVERED"
     OUTPUT = "OUTPUT"
+    QA = "QA"
 
     def __init__(self, config=None):
         super().__init__()
@@ -149,6 +150,9 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Fused hyperspectral raster"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.QA, "Reliability layer (SRF residual, LR correction, novelty, nodata reason)", optional=True,
+            createByDefault=False))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API name
         ok, message = super().checkParameterValues(parameters, context)
@@ -172,6 +176,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
         hsi = _file_of(self.parameterAsRasterLayer(parameters, self.HSI, context), "HSI")
         msi = _file_of(self.parameterAsRasterLayer(parameters, self.MSI, context), "MSI")
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        qa = self.parameterAsOutputLayer(parameters, self.QA, context) if parameters.get(self.QA) else None
         device = self.parameterAsEnumString(parameters, self.DEVICE, context) if parameters.get(self.DEVICE) else None
         args = fuse_arguments(
             hsi,
@@ -185,6 +190,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
             device=device or None,
             harmonize=self.parameterAsBoolean(parameters, self.HARMONIZE, context),
             drop_uncovered=self.parameterAsBoolean(parameters, self.DROP_UNCOVERED, context),
+            qa=qa or None,
         )
         try:
             command = resolve_command(self.config, executable_setting())
@@ -224,4 +230,4 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
         if not os.path.isfile(output):
             raise QgsProcessingException(f"geolift finished but wrote no file at {output}.")
         feedback.setProgress(100)
-        return {self.OUTPUT: output}
+        return {self.OUTPUT: output, **({self.QA: qa} if qa else {})}

@@ -206,9 +206,12 @@ def fuse_arguments(
     device: str | None = None,
     harmonize: bool = False,
     drop_uncovered: bool = False,
+    qa: str | None = None,
 ) -> list[str]:
     """The ``geolift fuse`` arguments for one Processing run (without the program itself)."""
     args = ["fuse", hsi, msi, "--output", output, "--overwrite", "--progress", "plain"]
+    if qa:
+        args += ["--qa", qa]
     if sensor and sensor != FROM_METADATA:
         args += ["--sensor", sensor]
     if srf_file:
