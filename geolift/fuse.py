@@ -43,7 +43,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,17 +57,17 @@ from rasterio.windows import Window, from_bounds
 from geolift import align as coreg
 from geolift import blur, checks, qa, srf
 from geolift import refine as rf
+from geolift.bands import msi_response_curves
 from geolift.errors import (
     AlignmentError,
     InconsistentPairError,
     InputError,
-    MetadataError,
     ModelError,
-    SensorError,
 )
 from geolift.grid import Grid
 from geolift.io import Encoding, HSIWriter, OutputBands, Scene, check_output_path, open_scene
 from geolift.model import DEFAULT_PRESET, SpectraLift, torch_threads
+from geolift.pipeline import pipelined
 
 log = logging.getLogger("geolift")
 
@@ -166,92 +166,6 @@ def default_output_path(hsi_source: PathLike | Sequence[PathLike], folder: PathL
     """``<folder or cwd>/<HSI stem>_fused.tif``: next to where the user works, never over an input."""
     first = Path(hsi_source if isinstance(hsi_source, (str, Path)) else hsi_source[0])
     return Path(folder or Path.cwd()) / f"{first.stem}_fused.tif"
-
-
-# ---------------------------------------------------------------------------------------------
-# Which sensor bands the HR-MSI holds
-# ---------------------------------------------------------------------------------------------
-
-
-def _msi_response_curves(msi: Scene, options: FuseOptions) -> tuple[srf.SRFSet, list[str]]:
-    """The SRF set and the band names (one per MSI band, in file order) for the HR-MSI."""
-    if options.sensor and options.srf_path:
-        raise SensorError("Give either --sensor or --srf, not both.")
-    if options.srf_path:
-        curves = srf.load_srf_csv(options.srf_path)
-    elif options.sensor:
-        curves = srf.load_sensor(options.sensor)
-    else:
-        if msi.wavelengths_nm is None or msi.fwhm_nm is None:
-            raise MetadataError(
-                f"{msi.path} has no wavelength and FWHM metadata, so its spectral responses are unknown; "
-                "name the sensor with --sensor (see `geolift sensors`) or give --srf FILE.csv."
-            )
-        names = [f"band{i + 1}" for i in range(msi.count)]
-        curves = srf.gaussian_srf(msi.wavelengths_nm, msi.fwhm_nm, names=names, name="MSI metadata")
-        return curves, names
-    return curves, _identify_bands(msi, curves, options.bands)
-
-
-def _identify_bands(msi: Scene, curves: srf.SRFSet, bands: Sequence[str] | None) -> list[str]:
-    """Map each MSI band to a sensor band, never by guessing; the log says which rule decided.
-
-    In order: ``--bands``; the bands' names (descriptions, file-name tokens; a position such as ``band 3`` is not a
-    name); the MSI's own band centres, each inside one sensor band's half-maximum range; as many bands as the sensor
-    has, taken in order. Otherwise an ``InputError`` lists the sensor's bands.
-    """
-    listing = ", ".join(curves.band_names)
-    if bands:
-        if len(bands) != msi.count:
-            raise InputError(
-                f"{msi.path} has {msi.count} band(s) but --bands names {len(bands)} ({', '.join(bands)})."
-            )
-        resolved = [curves.resolve(b) for b in bands]
-        log.info("MSI bands %s, as given by --bands.", ", ".join(resolved))
-        return resolved
-    named = msi.band_names if all(msi.named_bands) else None
-    for rule, candidates in (("their names", named), ("their descriptions", msi.descriptions)):
-        resolved = _try_resolve(curves, candidates)
-        if resolved:
-            log.info("MSI bands %s, identified from %s.", ", ".join(resolved), rule)
-            return resolved
-    resolved = _bands_by_wavelength(msi, curves)
-    if resolved:
-        log.info("MSI bands %s, identified from the MSI's band centres (%s nm).", ", ".join(resolved),
-                 ", ".join(f"{w:.0f}" for w in msi.wavelengths_nm))
-        return resolved
-    if msi.count == len(curves.band_names):
-        log.info("MSI bands %s: the MSI has as many bands as %s, taken in order.", listing, curves.display_name)
-        return list(curves.band_names)
-    raise InputError(
-        f"Cannot tell which {curves.display_name} bands the {msi.count}-band MSI {msi.path} holds (its bands have "
-        f"no names or wavelengths geolift recognises); name them with --bands (the sensor's bands: {listing})."
-    )
-
-
-def _bands_by_wavelength(msi: Scene, curves: srf.SRFSet) -> list[str] | None:
-    """Each MSI band centre matched to the sensor band whose half-maximum range holds it (the nearest centroid
-    when ranges overlap); None without wavelengths or when two MSI bands would be the same sensor band."""
-    if msi.wavelengths_nm is None:
-        return None
-    ranges, centroids = curves.half_max_ranges_nm(), curves.centroids_nm()
-    resolved = []
-    for centre in msi.wavelengths_nm:
-        inside = np.flatnonzero((ranges[:, 0] <= centre) & (centre <= ranges[:, 1]))
-        if inside.size == 0:
-            return None
-        resolved.append(curves.band_names[int(inside[np.argmin(np.abs(centroids[inside] - centre))])])
-    return resolved if len(set(resolved)) == len(resolved) else None
-
-
-def _try_resolve(curves: srf.SRFSet, names: Sequence[str] | None) -> list[str] | None:
-    if not names or not all(names):
-        return None
-    try:
-        resolved = [curves.resolve(str(n)) for n in names]
-    except SensorError:
-        return None
-    return resolved if len(set(resolved)) == len(resolved) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,13 +289,31 @@ def _int_window(window: Window) -> Window:
     return Window(int(window.col_off), int(window.row_off), int(window.width), int(window.height))
 
 
-def prepare_fusion(
+@dataclass
+class PairObservation:
+    """Both scenes read and co-registered on the HSI grid, before any training (what :func:`observe_pair` finds)."""
+
+    hsi: Scene
+    msi: Scene
+    response: srf.SpectralResponse
+    band_indices: list[int]  # 0-based MSI bands in the response's row order
+    hsi_grid: Grid  # HSI subset grid (after the shift correction)
+    hsi_valid: np.ndarray  # (h, w) bool on hsi_grid
+    output: coreg.Overlap  # output grid and its window in the HR-MSI
+    lr_hsi: np.ndarray  # (good bands, h, w) on hsi_grid, NaN = nodata
+    observed: np.ndarray  # (m, h, w) the HR-MSI area-averaged onto hsi_grid
+    synthetic: np.ndarray  # (m, h, w) the response applied to lr_hsi
+    agreement: coreg.RadiometricAgreement
+    report: FuseReport
+
+
+def observe_pair(
     hsi_source: PathLike | Sequence[PathLike],
     msi_source: PathLike | Sequence[PathLike],
     options: FuseOptions | None = None,
     progress: Progress | None = None,
-) -> FusionPlan:
-    """Read both scenes, build the response, co-register, and fit the model."""
+) -> PairObservation:
+    """Read both scenes, build the response, co-register, measure their agreement and check the pair."""
     options = options or FuseOptions()
     report = FuseReport(options=options.to_dict())
     hsi = open_scene(hsi_source, require_wavelengths=True)
@@ -395,7 +327,7 @@ def prepare_fusion(
         Path(msi.path).name, msi.width, msi.height, msi.count, report.msi_crs,
     )
 
-    curves, msi_band_names = _msi_response_curves(msi, options)
+    curves, msi_band_names = msi_response_curves(msi, options.sensor, options.srf_path, options.bands)
     good = hsi.good_bands
     fwhm = hsi.fwhm_nm[good] if hsi.fwhm_nm is not None else None
     response = srf.build_response(
@@ -465,6 +397,25 @@ def prepare_fusion(
     report.output_bounds = tuple(float(v) for v in ov.grid.bounds)
     log.info("Output grid: %d x %d px of the MSI grid (ratio %.2f), CRS %s.",
              ow.width, ow.height, report.resolution_ratio, report.msi_crs)
+
+    return PairObservation(hsi=hsi, msi=msi, response=response, band_indices=band_indices, hsi_grid=hsi_grid,
+                           hsi_valid=hsi_valid, output=ov, lr_hsi=lr_hsi, observed=observed, synthetic=synthetic,
+                           agreement=agreement, report=report)
+
+
+def prepare_fusion(
+    hsi_source: PathLike | Sequence[PathLike],
+    msi_source: PathLike | Sequence[PathLike],
+    options: FuseOptions | None = None,
+    progress: Progress | None = None,
+) -> FusionPlan:
+    """Read both scenes, build the response, co-register, and fit the model."""
+    options = options or FuseOptions()
+    pair = observe_pair(hsi_source, msi_source, options, progress)
+    hsi, msi, response, report = pair.hsi, pair.msi, pair.response, pair.report
+    band_indices, hsi_grid, hsi_valid, ov = pair.band_indices, pair.hsi_grid, pair.hsi_valid, pair.output
+    lr_hsi, synthetic, agreement = pair.lr_hsi, pair.synthetic, pair.agreement
+    del pair  # lr_hsi is freed below once the consistency step has its coefficient maps
 
     model = SpectraLift(preset=options.preset, seed=options.seed, device=options.device,
                         **({"steps": options.steps} if options.steps else {}))
@@ -572,6 +523,14 @@ def consistency_correction(plan: FusionPlan, observation: LowResObservation, pro
     log.info("Consistency step prepared in %.1f s (LR residual RMS %.4g -> %.4g).", report.refine_seconds,
              correction.residual_before, correction.residual_after)
     return correction
+
+
+def estimate_blur(plan: FusionPlan, lr_hsi: np.ndarray) -> blur.PSFEstimate:
+    """The blur between the output grid and the HSI grid, estimated from the data as the consistency step does
+    (``plan`` needs no model: only its grids and MSI reading are used)."""
+    grid = blur.GridPair(plan.grid.transform, (plan.grid.height, plan.grid.width), plan.hsi_grid.transform,
+                         plan.hsi_grid.shape)
+    return _estimate_psf(plan, grid, lr_hsi)
 
 
 def _estimate_psf(plan: FusionPlan, grid: blur.GridPair, lr_hsi: np.ndarray) -> blur.PSFEstimate:
@@ -733,77 +692,6 @@ def write_fusion(
     log.info("Wrote %s in %.1f s; SRF consistency vs HR-MSI: RMSE %.4g (%.2f %% of the mean).",
              output, report.write_seconds, report.srf_consistency_rmse, 100 * report.srf_consistency_relative)
     return report
-
-
-def pipelined(func: Callable[[Any], Any], items: Iterable[Any], depth: int = 1,
-              workers: int = 1) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(item, func(item))`` in order while ``workers`` threads compute the results ahead.
-
-    No item is started more than ``workers + depth`` places ahead of the one being consumed, so at most
-    ``workers + depth + 1`` results are alive. An exception in ``func`` is raised here, in the consumer, once
-    the items before it have been yielded; closing the generator early stops the workers after their
-    current item.
-    """
-    source = iter(items)
-    cond = threading.Condition()
-    results: dict[int, tuple[Any, Any, BaseException | None]] = {}
-    state = {"started": 0, "consumed": 0, "running": max(1, int(workers)), "stop": False}
-    ahead = max(1, int(workers)) + max(0, int(depth))
-
-    def work() -> None:
-        try:
-            while True:
-                with cond:
-                    while not state["stop"] and state["started"] >= state["consumed"] + ahead:
-                        cond.wait()
-                    if state["stop"]:
-                        return
-                    try:
-                        item = next(source)
-                    except StopIteration:
-                        return
-                    index = state["started"]
-                    state["started"] += 1
-                try:
-                    outcome = (item, func(item), None)
-                except BaseException as exc:  # noqa: BLE001 - handed to the consumer and re-raised there
-                    outcome = (item, None, exc)
-                with cond:
-                    results[index] = outcome
-                    cond.notify_all()
-                if outcome[2] is not None:
-                    return
-        finally:
-            with cond:
-                state["running"] -= 1
-                cond.notify_all()
-
-    threads = [threading.Thread(target=work, name="geolift-predict", daemon=True) for _ in range(state["running"])]
-    for thread in threads:
-        thread.start()
-    try:
-        index = 0
-        while True:
-            with cond:
-                while index not in results and not (state["running"] == 0 and index >= state["started"]):
-                    cond.wait()
-                if index not in results:
-                    return
-                item, value, error = results.pop(index)
-                state["consumed"] = index + 1
-                cond.notify_all()
-            if error is not None:
-                raise error
-            yield item, value
-            del value
-            index += 1
-    finally:
-        with cond:
-            state["stop"] = True
-            results.clear()
-            cond.notify_all()
-        for thread in threads:
-            thread.join()
 
 
 def fuse_files(

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from geolift.cli import EXIT_INTERRUPTED, LineFormatter, app, fail, run_command, setup_logging
-from geolift.cli.options import DisplayChoices, FusionChoices, with_options
+from geolift.cli.options import DisplayChoices, OutputChoices, PairChoices, with_options
 
 log = logging.getLogger("geolift")
 
@@ -138,7 +138,7 @@ def _print_summary(report, outdir: Path, json_path: Path, csv_path: Path, quiet:
 
 
 @app.command("batch")
-@with_options(fusion=FusionChoices, display=DisplayChoices)
+@with_options(pair=PairChoices, output_choices=OutputChoices, display=DisplayChoices)
 def batch(
     manifest: Annotated[Optional[Path], typer.Argument(
         help="CSV manifest: header hsi,msi[,sensor,bands,output,steps,seed,...], one line per job; its cells "
@@ -175,7 +175,8 @@ def batch(
     log_file: Annotated[Optional[Path], typer.Option(
         "--log", help="Log file (default: OUTDIR/batch.log, appended).")] = None,
     *,
-    fusion: FusionChoices,
+    pair: PairChoices,
+    output_choices: OutputChoices,
     display: DisplayChoices,
 ) -> None:
     """Fuse many HSI/MSI pairs on Dask, resumably: skip up-to-date outputs, retry lost workers, report.
@@ -204,7 +205,7 @@ def batch(
         file_handlers = _setup_batch_logging(display.quiet, log_file or outdir / "batch.log")
         log.info("geolift batch: %s", " ".join(sys.argv[1:]) or "(library call)")
 
-        defaults = fusion.fuse_options()
+        defaults = pair.fuse_options(output_choices)
         if manifest is not None:
             jobs = read_manifest(manifest, outdir, defaults)
         else:

@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 import typer
 
 from geolift.cli import app, run_command, setup_logging
-from geolift.cli.options import DisplayChoices, FusionChoices, with_options
+from geolift.cli.options import DisplayChoices, OutputChoices, PairChoices, with_options
 from geolift.cli.progress import progress_reporter
 
 
 @app.command("fuse")
-@with_options(fusion=FusionChoices, display=DisplayChoices)
+@with_options(pair=PairChoices, output_choices=OutputChoices, display=DisplayChoices)
 def fuse(
     hsi: Annotated[Path, typer.Argument(
         help="Low-resolution hyperspectral scene (GeoTIFF or ENVI, with wavelengths).")],
@@ -34,7 +34,8 @@ def fuse(
         "--qa", help="Also write the reliability layer (per pixel: SRF residual, LR correction, novelty, nodata "
         "reason; docs/user-guide.md) as a GeoTIFF on the output grid.")] = None,
     *,
-    fusion: FusionChoices,
+    pair: PairChoices,
+    output_choices: OutputChoices,
     display: DisplayChoices,
 ) -> None:
     """Fuse an LR-HSI with an HR-MSI into a tiled, georeferenced HR-HSI GeoTIFF.
@@ -49,7 +50,7 @@ def fuse(
 
         if report is not None and not report.expanduser().absolute().parent.is_dir():
             raise OutputError(f"The folder of the report {report} does not exist.")
-        options = fusion.fuse_options(overwrite=overwrite, num_threads=threads or usable_cores(),
+        options = pair.fuse_options(output_choices, overwrite=overwrite, num_threads=threads or usable_cores(),
                                       torch_threads=threads or 1)
         msi_source = msi[0] if len(msi) == 1 else list(msi)
         with progress_reporter(display.progress_mode) as callback:

@@ -1,10 +1,10 @@
 """Options shared by several commands, declared once (as rasterio's ``rio/options.py`` does for click).
 
-``geolift fuse`` and ``geolift batch`` take the same fusion and display options: :func:`with_options` adds a group
-of them to a command, which receives what the user chose as one object per group (:class:`FusionChoices`,
-:class:`DisplayChoices`), and :meth:`FusionChoices.fuse_options` is the one place that turns the fusion choices into
-:class:`geolift.fuse.FuseOptions`. The two commands therefore cannot drift apart (a band list is parsed by
-:func:`geolift.srf.parse_band_list` in both, for instance).
+``geolift fuse``, ``geolift batch`` and ``geolift assess`` share groups of options: :func:`with_options` adds a group
+to a command, which receives what the user chose as one object per group (:class:`PairChoices`,
+:class:`OutputChoices`, :class:`DisplayChoices`), and :meth:`PairChoices.fuse_options` is the one place that turns
+the choices into :class:`geolift.fuse.FuseOptions`. The commands therefore cannot drift apart (a band list is
+parsed by :func:`geolift.srf.parse_band_list` in all of them, for instance).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from geolift.cli.choices import Compression, OutputType, ProgressMode
 if TYPE_CHECKING:
     from geolift.fuse import FuseOptions
 
-__all__ = ["DisplayChoices", "FusionChoices", "with_options"]
+__all__ = ["DisplayChoices", "OutputChoices", "PairChoices", "with_options"]
 
 _PRESET_HELP = (
     "Recipe. geolift (default): SpectraLift trained on a stratified pixel sample, then made consistent with the "
@@ -33,8 +33,8 @@ _PRESET_HELP = (
 
 
 @dataclass(frozen=True)
-class FusionChoices:
-    """What the user chose on the command line for one fusion (the options :func:`with_options` adds)."""
+class PairChoices:
+    """What the user chose about the pair and the training: every command that fuses (fuse, batch, assess)."""
 
     sensor: Annotated[Optional[str], typer.Option(
         "--sensor", "-s", help="MSI sensor from the SRF library (see `geolift sensors`), e.g. sentinel2.")] = None
@@ -45,7 +45,6 @@ class FusionChoices:
     drop_uncovered: Annotated[bool, typer.Option(
         "--drop-uncovered",
         help="Leave out MSI bands the HSI's spectral range does not cover (else an error).")] = False
-    preset: Annotated[Optional[str], typer.Option("--preset", help=_PRESET_HELP)] = None
     steps: Annotated[Optional[int], typer.Option(
         "--steps", min=1, help="Training steps (default: the preset's).")] = None
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")] = 0
@@ -54,6 +53,30 @@ class FusionChoices:
         "--no-align", help="Do not estimate and correct the residual shift.")] = False
     harmonize: Annotated[bool, typer.Option(
         "--harmonize", help="Map the MSI to the HSI's radiometry (per-band gain/offset) before inference.")] = False
+
+    def fuse_options(self, output: OutputChoices | None = None, **runtime: Any) -> FuseOptions:
+        """The library's options for these choices (and ``output``'s); ``runtime`` adds what only one command
+        sets (threads...). The one place the command line becomes :class:`geolift.fuse.FuseOptions`."""
+        from geolift import srf
+        from geolift.fuse import FuseOptions
+
+        output = output or OutputChoices()
+        return FuseOptions(
+            sensor=self.sensor, bands=srf.parse_band_list(self.bands),
+            srf_path=str(self.srf_csv) if self.srf_csv else None, drop_uncovered=self.drop_uncovered,
+            steps=self.steps, seed=self.seed, device=self.device, align=not self.no_align, harmonize=self.harmonize,
+            dtype=output.dtype.value if output.dtype else None, compress=output.compress.value,
+            tile_size=output.tile_size, strict=output.strict,
+            **({"preset": output.preset} if output.preset else {}),  # none given: the model's default (geolift)
+            **runtime,
+        )
+
+
+@dataclass(frozen=True)
+class OutputChoices:
+    """What the user chose about the fused output: the recipe and how the GeoTIFF is stored (fuse, batch)."""
+
+    preset: Annotated[Optional[str], typer.Option("--preset", help=_PRESET_HELP)] = None
     dtype: Annotated[Optional[OutputType], typer.Option(
         "--dtype", help="Output data type (default: int16 in the HSI's units for integer HSIs, else float32).")] = None
     compress: Annotated[Compression, typer.Option("--compress", help="GeoTIFF compression.")] = Compression.deflate
@@ -62,21 +85,6 @@ class FusionChoices:
         "instead of warning.")] = False
     tile_size: Annotated[int, typer.Option(
         "--tile-size", help="Internal GeoTIFF tile size (multiple of 16); smaller tiles need less memory.")] = 512
-
-    def fuse_options(self, **runtime: Any) -> FuseOptions:
-        """The library's options for these choices; ``runtime`` adds what only one command sets (threads...)."""
-        from geolift import srf
-        from geolift.fuse import FuseOptions
-
-        return FuseOptions(
-            sensor=self.sensor, bands=srf.parse_band_list(self.bands),
-            srf_path=str(self.srf_csv) if self.srf_csv else None, drop_uncovered=self.drop_uncovered,
-            steps=self.steps, seed=self.seed, device=self.device, align=not self.no_align, harmonize=self.harmonize,
-            dtype=self.dtype.value if self.dtype else None, compress=self.compress.value, tile_size=self.tile_size,
-            strict=self.strict,
-            **({"preset": self.preset} if self.preset else {}),  # none given: the model's default preset (geolift)
-            **runtime,
-        )
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class DisplayChoices:
 
 
 def with_options(**groups: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add the options of each group (a dataclass such as :class:`FusionChoices`) to a typer command; the command
+    """Add the options of each group (a dataclass such as :class:`PairChoices`) to a typer command; the command
     receives each group as one keyword argument, named as in ``groups``.
 
     typer reads a command's options from its signature, so the wrapper's signature is the command's own parameters
