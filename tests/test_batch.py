@@ -377,8 +377,9 @@ def test_batch_fuses_real_data_and_reports_the_broken_job(first_run, references)
     assert saved["summary"] == {"done": 4, "skipped": 0, "failed": 1, "total": 5}
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["job", "hsi", "msi", "output", "status", "reason", "seconds", "attempts"]
+    assert list(rows[0]) == ["job", "hsi", "msi", "output", "status", "reason", "seconds", "attempts", "pair_check"]
     assert [r["status"] for r in rows] == ["done", "done", "done", "done", "failed"]
+    assert [r["pair_check"] for r in rows] == ["consistent"] * 4 + [""]  # the pair check's verdict per job
     assert float(rows[0]["seconds"]) > 0 and "as a raster" in rows[4]["reason"]
 
 
@@ -483,3 +484,26 @@ def test_cli_batch_exit_codes_report_and_resume(client, first_run, data, tmp_pat
 
     result = runner.invoke(app, ["batch", "-o", str(tmp_path / "out3")])
     assert result.exit_code == BatchError.exit_code and "MANIFEST" in result.output
+
+
+def test_worker_warnings_reach_the_console_as_one_line_with_the_job(client, tmp_path):
+    """A GeoliftWarning raised on a worker (a partly covered band) is printed as `geolift: warning: <job>: ...`."""
+    cube, wavelengths, fwhm, crs, transform = read_potsdam_cube()
+    bands = [f"B{k}" for k in range(1, 9)]
+    R = srf.build_response("worldview3", bands, wavelengths, fwhm_nm=fwhm, min_coverage=0.01).matrix
+    case = evaluate.make_wald_case(cube[:, :64, :64], R, ratio=4, seed=2)
+    hsi = write_tif(tmp_path / "enmap.tif", case.lr_hsi.astype(np.float32), crs=crs,
+                    transform=transform @ Affine.scale(4), wavelengths=wavelengths, fwhm=fwhm)
+    msi = write_tif(tmp_path / "wv3.tif", case.hr_msi.astype(np.float32), crs=crs, transform=transform,
+                    descriptions=bands)
+    manifest = write_manifest(tmp_path / "m.csv", [f"{hsi},{msi},worldview3,,20,0,"])
+    from geolift.cli import _register_commands, app
+
+    _register_commands()
+    result = CliRunner().invoke(app, ["batch", str(manifest), "-o", str(tmp_path / "out"), "--scheduler",
+                                      client.scheduler.address, "--progress", "none"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("geolift: warning:")]
+    assert any(line.startswith("geolift: warning: enmap_fused: ") and "B1 (" in line for line in warnings), \
+        result.output
+    assert "GeoliftWarning" not in result.output and ".py:" not in result.output
