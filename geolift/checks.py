@@ -52,6 +52,7 @@ class PairCheck:
     gain_range: tuple[float, float] = (math.nan, math.nan)
     lr_residual: float = math.nan
     shift_peak: float = math.nan
+    note: str = ""  # why the pair could not be checked, when it could not
 
     @property
     def verdict(self) -> str:
@@ -62,6 +63,8 @@ class PairCheck:
         low, high = self.gain_range
         figures = (f"lowest band r {self.min_correlation:.2f}, gains {low:.3g}-{high:.3g}, "
                    f"LR residual {100 * self.lr_residual:.1f} %, shift peak {self.shift_peak:.2f}")
+        if self.note:
+            return f"the pair could not be checked ({self.note})"
         if self.consistent:
             return f"the pair looks consistent ({figures})"
         return f"the pair looks inconsistent ({figures}): {' '.join(self.causes)}"
@@ -104,6 +107,9 @@ def check_pair(bands: Sequence[str], observed: np.ndarray, synthetic: np.ndarray
                shift_peak: float = math.nan) -> PairCheck:
     """The verdict for MSI ``bands``, from the aggregated HR-MSI and the synthetic LR-MSI ``(m, h, w)``."""
     correlation, gain, residual = band_figures(observed, synthetic)
+    if not np.isfinite(correlation).any():
+        return PairCheck(consistent=True, shift_peak=float(shift_peak),
+                         note="too few pixels valid in both scenes to measure their agreement")
     causes = []
     poor = [i for i, r in enumerate(correlation) if not r >= MIN_BAND_CORRELATION]
     if poor:

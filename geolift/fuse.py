@@ -382,7 +382,9 @@ def observe_pair(
                  row["band"], row["gain"], row["offset"], row["correlation"])
     check = checks.check_pair(response.bands, observed, synthetic, report.shift_peak)
     report.pair_check = check.to_dict()
-    if check.consistent:
+    if check.note:
+        log.warning("Pair check: %s.", check.summary())
+    elif check.consistent:
         log.info("Pair check: %s.", check.summary())
     elif options.strict:
         raise InconsistentPairError(f"Refused (--strict): {check.summary()}")
