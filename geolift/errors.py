@@ -102,4 +102,8 @@ def log_warnings() -> None:
     showwarning._geolift = True  # type: ignore[attr-defined]
     warnings.showwarning = showwarning
     warnings.filterwarnings("always", category=GeoliftWarning)  # each one matters, not only the first per line
+    # rasterio's NotGeoreferencedWarning for the in-memory rasters of its warps: noise to a user, since geolift
+    # checks georeferencing itself and refuses a file without it. io hides it while it reads, but warnings.
+    # catch_warnings is process-wide and not thread-safe, so with reads on several threads one could slip through.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
 
