@@ -38,6 +38,7 @@ competes with GDAL's compression threads for the same cores.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -140,6 +141,8 @@ class FuseReport:
     shift_applied: bool = False
     band_agreement: list[dict[str, Any]] = field(default_factory=list)
     pair_check: dict[str, Any] = field(default_factory=dict)  # geolift.checks: the verdict, its causes and figures
+    hsi_product: dict[str, str] = field(default_factory=dict)  # a product's name, sensor, level, acquisition time
+    hsi_masked_pixels: dict[str, int] = field(default_factory=dict)  # pixels each of its quality masks flags
     harmonized: bool = False
     training_pixels: int = 0
     train_seconds: float = 0.0
@@ -321,6 +324,12 @@ def observe_pair(
     report.hsi, report.msi = list(map(str, hsi.paths)), list(map(str, msi.paths))
     report.hsi_crs, report.msi_crs = hsi.crs.to_string(), msi.crs.to_string()
     report.hsi_bands, report.bad_bands = hsi.count, int((~hsi.good_bands).sum())
+    report.hsi_product = {k: hsi.tags[k] for k in ("product_name", "sensor", "processing_level", "acquisition_time")
+                          if k in hsi.tags}
+    if "masked_pixels" in hsi.tags:
+        report.hsi_masked_pixels = json.loads(hsi.tags["masked_pixels"])
+        log.info("HSI quality masks: %s pixels flagged (left out everywhere, nodata in the output).", ", ".join(
+            f"{name} {count}" for name, count in report.hsi_masked_pixels.items()) or "no")
     log.info(
         "HSI: %s (%d x %d px, %d bands, %s); MSI: %s (%d x %d px, %d bands, %s)",
         Path(hsi.path).name, hsi.width, hsi.height, hsi.count, report.hsi_crs,

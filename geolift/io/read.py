@@ -32,7 +32,7 @@ from geolift.grid import block_windows
 from geolift.io.paths import PathLike, band_token, is_remote, resolve_input
 from geolift.io.spectral import SpectralMetadata, spectral_metadata
 
-__all__ = ["Scene", "open_scene"]
+__all__ = ["MaskLayer", "Scene", "open_scene"]
 
 _RESAMPLING = {
     "nearest": Resampling.nearest,
@@ -107,6 +107,14 @@ class _FileBands:
     resampling: str  # used to warp files that are not on the scene grid
 
 
+@dataclass(frozen=True)
+class MaskLayer:
+    """A product's quality layer on the scene grid: pixels where any of its bands is non-zero are left out."""
+
+    name: str  # what it flags: "cloud", "cloud shadow", ...
+    path: str  # a single- or multi-band raster on the scene grid (GDAL path)
+
+
 @dataclass(frozen=True, eq=False)
 class Scene:
     """A georeferenced raster (or stack of band files) described by its metadata; read pixels with ``read``."""
@@ -130,6 +138,7 @@ class Scene:
     tags: dict[str, str]
     wavelength_source: str | None = None
     files: tuple[_FileBands, ...] = field(default=(), repr=False)
+    masks: tuple[MaskLayer, ...] = ()  # quality layers of a product: their flagged pixels read as nodata
 
     # -- convenience -------------------------------------------------------
     @property
@@ -234,7 +243,18 @@ class Scene:
                     else:
                         out[pos, r0:r1] = data[k]
                 del data
+        for mask in self.masks:
+            out[:, self.flagged(mask, win, (rows, cols))] = np.nan
         return out
+
+    def flagged(self, mask: MaskLayer, window: Window, shape: tuple[int, int]) -> np.ndarray:
+        """``shape`` bool: the pixels of ``window`` that ``mask`` flags (nearest-neighbour when resampled)."""
+        try:
+            with _open_raster(mask.path) as ds:
+                flags = ds.read(window=window, out_shape=(ds.count, *shape), resampling=Resampling.nearest)
+        except RasterioError as exc:
+            raise InputError(f"Reading the {mask.name} mask {mask.path} failed ({str(exc).splitlines()[0]}).") from exc
+        return (flags != 0).any(axis=0)
 
     def _row_strips(self, fb: _FileBands, win: Window, n_bands: int) -> list[tuple[int, int]]:
         """Row ranges (relative to ``win``) that read a large window in pieces of about
@@ -420,6 +440,12 @@ def open_scene(
     finest grid; ``check_data`` refuses a scene whose good bands hold only nodata.
     """
     single = isinstance(source, (str, os.PathLike))
+    if single:
+        from geolift.io.products import open_product  # products build on this module
+
+        product = open_product(source, require_wavelengths=require_wavelengths, check_data=check_data)
+        if product is not None:
+            return product
     raw_paths = [source] if single else list(source)
     if not raw_paths:
         raise InputError("No input file given.")

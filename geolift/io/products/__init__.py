@@ -1,0 +1,27 @@
+"""Satellite products as users download them, read as one :class:`~geolift.io.Scene` (one module per family).
+
+:func:`open_product` recognises a product from the path a user gives (its folder, its main metadata file, or the
+delivered ZIP, read through GDAL's ``/vsizip/`` and never unpacked) and returns the scene with the product's
+wavelengths, FWHM, scaling, bad bands, quality masks and identity (name, sensor, level, acquisition time in the
+scene's tags). A path that is no known product gives None, and :func:`geolift.io.open_scene` reads it as a raster.
+"""
+
+from __future__ import annotations
+
+from geolift.io.paths import PathLike
+from geolift.io.products import enmap
+from geolift.io.read import Scene
+
+__all__ = ["open_product"]
+
+#: Readers in the order they are tried; each has ``find(path)`` and ``open(found, ...)``.
+READERS = (enmap,)
+
+
+def open_product(path: PathLike, *, require_wavelengths: bool = False, check_data: bool = True) -> Scene | None:
+    """The scene of the product at ``path``, or None when ``path`` is not a product geolift knows."""
+    for reader in READERS:
+        found = reader.find(path)
+        if found is not None:
+            return reader.open(found, check_data=check_data)
+    return None

@@ -1,0 +1,143 @@
+"""Satellite products as delivered: a miniature EnMAP L2A product (real file names and metadata structure, a few real
+pixels from the Potsdam EnMAP cube), as a folder, its METADATA.XML and a ZIP, read straight into geolift."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from helpers import read_potsdam_cube, write_tif
+from typer.testing import CliRunner
+
+from geolift import evaluate, srf
+from geolift.errors import GeoliftError, MetadataError
+from geolift.io import open_scene
+
+NAME = "ENMAP01-____L2A-DT0000001867_20220724T104526Z_008_V010302_20230628T165614Z"
+START = "2022-07-24T10:45:26.868Z"
+GAIN, NODATA = 1e-4, -32768
+BANDS = ["B2", "B3", "B4", "B8"]
+CLOUD = (slice(2, 5), slice(10, 13))  # LR pixels a cloud covers
+DEFECT = (7, 20)  # one LR pixel the detector lost
+
+
+@pytest.fixture(scope="module")
+def enmap_case(tmp_path_factory):
+    """A Wald case (ratio 4) whose LR-HSI is delivered as an EnMAP L2A product, plus a Sentinel-2-like HR-MSI."""
+    cube, wavelengths, fwhm, crs, transform = read_potsdam_cube()
+    R = srf.response_matrix("sentinel2a", BANDS, wavelengths, fwhm_nm=fwhm)
+    case = evaluate.make_wald_case(cube, R, ratio=4, seed=3)
+    # Two water-vapour bands that EnMAP fills with nodata, between the others.
+    wl = np.concatenate([wavelengths, [1400.0, 1900.0]])
+    fw = np.concatenate([fwhm, [10.0, 10.0]])
+    dn = np.rint(case.lr_hsi / GAIN).astype(np.int16)
+    dn = np.concatenate([dn, np.full((2, *dn.shape[1:]), NODATA, np.int16)])
+    folder = tmp_path_factory.mktemp("enmap") / NAME
+    folder.mkdir()
+    lr_transform = transform @ Affine.scale(4)
+    profile = dict(driver="GTiff", crs=crs, transform=lr_transform, width=dn.shape[2], height=dn.shape[1])
+    with rasterio.open(folder / f"{NAME}-SPECTRAL_IMAGE.TIF", "w", count=dn.shape[0], dtype="int16",
+                       nodata=NODATA, **profile) as ds:
+        ds.write(dn)
+    cloud = np.zeros((1, *dn.shape[1:]), np.uint8)
+    cloud[(0, *CLOUD)] = 1
+    pixelmask = np.zeros((2, *dn.shape[1:]), np.uint8)  # per detector (VNIR, SWIR)
+    pixelmask[(1, *DEFECT)] = 1
+    for suffix, data in (("QL_QUALITY_CLOUD", cloud), ("QL_QUALITY_SNOW", np.zeros_like(cloud)),
+                         ("QL_PIXELMASK", pixelmask)):
+        with rasterio.open(folder / f"{NAME}-{suffix}.TIF", "w", count=data.shape[0], dtype="uint8",
+                           **profile) as ds:
+            ds.write(data)
+    bands = "".join(
+        f'<bandID number="{k + 1}"><wavelengthCenterOfBand>{float(w)!r}</wavelengthCenterOfBand>'
+        f"<FWHMOfBand>{float(f)!r}</FWHMOfBand><GainOfBand>{GAIN}</GainOfBand><OffsetOfBand>0</OffsetOfBand></bandID>"
+        for k, (w, f) in enumerate(zip(wl, fw)))
+    (folder / f"{NAME}-METADATA.XML").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><level_X><base><temporalCoverage>'
+        f"<startTime>{START}</startTime></temporalCoverage></base><specific><bandCharacterisation>{bands}"
+        "</bandCharacterisation></specific></level_X>")
+    archive = folder.parent / f"{NAME}.ZIP"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in folder.iterdir():
+            zf.write(path, f"{NAME}/{path.name}")
+    msi = write_tif(folder.parent / "s2.tif", case.hr_msi.astype(np.float32), crs=crs, transform=transform,
+                    descriptions=BANDS)
+    # The same LR-HSI as a hand-made GeoTIFF: DN x gain in float32, masked pixels and the filled bands as nodata.
+    values = dn.astype(np.float32) * np.float32(GAIN)
+    values[dn == NODATA] = np.nan
+    values[(slice(None), *CLOUD)] = np.nan
+    values[(slice(None), *DEFECT)] = np.nan
+    handmade = folder.parent / "handmade.tif"
+    write_tif(handmade, values, crs=crs, transform=lr_transform, wavelengths=wl, fwhm=fw)
+    with rasterio.open(handmade, "r+") as ds:  # the bad-band list (bbl) flags the two filled bands
+        for b in range(1, dn.shape[0] + 1):
+            ds.update_tags(b, bbl="0" if b > dn.shape[0] - 2 else "1")
+    return folder, archive, msi, handmade, wl, fw
+
+
+@pytest.mark.parametrize("form", ["folder", "metadata", "zip"])
+def test_an_enmap_product_opens_as_delivered(enmap_case, form):
+    folder, archive, _, _, wl, fw = enmap_case
+    source = {"folder": folder, "metadata": folder / f"{NAME}-METADATA.XML", "zip": archive}[form]
+    scene = open_scene(source, require_wavelengths=True)
+    np.testing.assert_array_equal(scene.wavelengths_nm, wl)
+    np.testing.assert_array_equal(scene.fwhm_nm, fw)
+    assert np.all(scene.scales == GAIN) and scene.wavelength_source == "EnMAP METADATA.XML"
+    assert scene.good_bands[:-2].all() and not scene.good_bands[-2:].any()  # the nodata-filled bands are bad
+    assert scene.tags["acquisition_time"] == START and scene.tags["product_name"] == NAME
+    assert json.loads(scene.tags["masked_pixels"]) == {"cloud": 9, "snow": 0, "detector no-data": 1}
+    data = scene.read(bands=scene.good_bands)
+    assert np.isnan(data[(slice(None), *CLOUD)]).all() and np.isnan(data[(slice(None), *DEFECT)]).all()
+    assert np.isfinite(data).sum(axis=(1, 2)).min() == data.shape[1] * data.shape[2] - 10
+    if form == "zip":
+        assert scene.path.startswith("/vsizip/")  # read in place, never unpacked
+
+
+def test_a_truncated_or_hostile_metadata_file_is_one_clear_error(enmap_case, tmp_path):
+    folder = enmap_case[0]
+    broken = tmp_path / NAME
+    shutil.copytree(folder, broken)
+    metadata = broken / f"{NAME}-METADATA.XML"
+    metadata.write_text(metadata.read_text()[:500])
+    with pytest.raises(MetadataError, match="not valid XML.*truncated"):
+        open_scene(broken)
+    metadata.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><level_X>&a;</level_X>')
+    with pytest.raises(MetadataError, match="entities"):
+        open_scene(broken)
+
+
+def test_fusing_the_zipped_product_equals_fusing_the_handmade_geotiff(enmap_case, tmp_path):
+    """No conversion step: the ZIP as downloaded gives the same output as the equivalent hand-made GeoTIFF."""
+    from geolift.cli import _register_commands, app
+
+    _, archive, msi, handmade, _, _ = enmap_case
+    _register_commands()
+    runner = CliRunner()
+    outputs = {}
+    for label, hsi in (("product", archive), ("handmade", handmade)):
+        out = tmp_path / f"{label}.tif"
+        result = runner.invoke(app, ["fuse", str(hsi), str(msi), "--sensor", "sentinel2", "--steps", "60",
+                                     "--dtype", "float32", "-o", str(out), "--report", str(tmp_path / f"{label}.json"),
+                                     "--progress", "none"])
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out) as ds:
+            outputs[label] = ds.read()
+    np.testing.assert_array_equal(outputs["product"], outputs["handmade"])
+    report = json.loads((tmp_path / "product.json").read_text())
+    assert report["hsi_product"]["acquisition_time"] == START
+    assert report["hsi_masked_pixels"]["cloud"] == 9
+
+
+def test_a_folder_that_is_not_a_product_is_still_refused_as_a_folder(tmp_path):
+    with pytest.raises(GeoliftError, match="is a folder"):
+        open_scene(tmp_path)
+
+
+def test_product_paths_keep_their_names(enmap_case):
+    assert Path(open_scene(enmap_case[0]).path).name == f"{NAME}-SPECTRAL_IMAGE.TIF"
