@@ -141,3 +141,17 @@ def test_a_folder_that_is_not_a_product_is_still_refused_as_a_folder(tmp_path):
 
 def test_product_paths_keep_their_names(enmap_case):
     assert Path(open_scene(enmap_case[0]).path).name == f"{NAME}-SPECTRAL_IMAGE.TIF"
+
+
+def test_info_says_what_geolift_understood_of_a_product(enmap_case):
+    from geolift.cli import _register_commands, app
+
+    _register_commands()
+    result = CliRunner().invoke(app, ["info", str(enmap_case[1])])
+    assert result.exit_code == 0, result.output
+    assert f"product: EnMAP L2A {NAME}; acquired {START}" in result.output
+    assert "quality masks: cloud, snow, detector no-data" in result.output
+    assert "bad bands: 219, 220" in result.output and "wavelengths from EnMAP METADATA.XML" in result.output
+    facts = json.loads(CliRunner().invoke(app, ["info", str(enmap_case[1]), "--json"]).output)
+    assert facts["band_table"][0]["scale"] == GAIN and len(facts["band_table"]) == 220
+
