@@ -377,7 +377,8 @@ def test_batch_fuses_real_data_and_reports_the_broken_job(first_run, references)
     assert saved["summary"] == {"done": 4, "skipped": 0, "failed": 1, "total": 5}
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["job", "hsi", "msi", "output", "status", "reason", "seconds", "attempts", "pair_check"]
+    assert list(rows[0]) == ["job", "hsi", "msi", "output", "status", "reason", "seconds", "attempts", "pair_check",
+                             "days_apart"]
     assert [r["status"] for r in rows] == ["done", "done", "done", "done", "failed"]
     assert [r["pair_check"] for r in rows] == ["consistent"] * 4 + [""]  # the pair check's verdict per job
     assert float(rows[0]["seconds"]) > 0 and "as a raster" in rows[4]["reason"]

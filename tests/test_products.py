@@ -155,3 +155,22 @@ def test_info_says_what_geolift_understood_of_a_product(enmap_case):
     facts = json.loads(CliRunner().invoke(app, ["info", str(enmap_case[1]), "--json"]).output)
     assert facts["band_table"][0]["scale"] == GAIN and len(facts["band_table"]) == 220
 
+
+def test_batch_pairs_a_zipped_product_by_date_and_reports_the_days_between(enmap_case, tmp_path):
+    from geolift.batch import pair_folders
+    from geolift.batch.report import job_result
+
+    _, archive, msi, _, _, _ = enmap_case
+    hsi_dir, msi_dir = tmp_path / "enmap", tmp_path / "s2"
+    hsi_dir.mkdir()
+    msi_dir.mkdir()
+    shutil.copy(archive, hsi_dir)
+    shutil.copy(msi, msi_dir / "S2A_MSIL2A_20220727T101031_stack.tif")
+    shutil.copy(msi, msi_dir / "S2A_MSIL2A_20220801T101031_stack.tif")
+    jobs, unmatched = pair_folders(hsi_dir, msi_dir, tmp_path / "out")
+    assert unmatched == [] and len(jobs) == 1
+    job = jobs[0]
+    assert job.hsi.endswith(".ZIP")  # the ZIP as downloaded is the job's HSI
+    # no MSI has the product's date, so the footprint decides; both overlap it equally: the first in name order
+    assert job.msi[0].endswith("20220727T101031_stack.tif") and job_result(job, "done").days_apart == 3
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import re
@@ -14,8 +15,9 @@ from geolift.batch.jobs import BatchJob, check_sensor_bands, job_name, sentence
 from geolift.errors import BatchError, GeoliftError, SensorError
 from geolift.fuse import FuseOptions, default_output_path
 from geolift.io import open_scene
+from geolift.io.products import is_product
 
-__all__ = ["DATE_PATTERN", "RASTER_SUFFIXES", "pair_folders", "scene_key"]
+__all__ = ["DATE_PATTERN", "RASTER_SUFFIXES", "days_apart", "pair_folders", "scene_key"]
 
 log = logging.getLogger("geolift")
 
@@ -56,9 +58,26 @@ def _compile_match(match: str | None) -> re.Pattern | None:
 
 
 def _raster_files(folder: Path, glob: str) -> list[Path]:
+    """The rasters of a folder: files with a raster suffix, and products as delivered (folders, ZIPs)."""
     if not folder.is_dir():
         raise BatchError(f"{folder} is not a folder.")
-    return sorted(p for p in folder.glob(glob) if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+    return sorted(p for p in folder.glob(glob)
+                  if (p.is_file() and p.suffix.lower() in RASTER_SUFFIXES) or is_product(p))
+
+
+def days_apart(hsi: str, msi: str) -> int | None:
+    """Days between the two scenes' acquisitions, from the first date in each file or product name; None when
+    either name has none."""
+    dates = []
+    for path in (hsi, msi):
+        found = DATE_PATTERN.search(Path(path).name) or DATE_PATTERN.search(Path(path).parent.name)
+        if found is None:
+            return None
+        try:
+            dates.append(datetime.date(*(int(g) for g in found.groups())))
+        except ValueError:
+            return None
+    return abs((dates[0] - dates[1]).days)
 
 
 def _footprint(path: Path) -> tuple[Any, tuple[float, float, float, float]] | None:

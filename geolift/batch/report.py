@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from geolift.batch.jobs import BatchJob
+from geolift.batch.pairing import days_apart
 from geolift.batch.resume import write_json_atomic, write_text_atomic
 from geolift.errors import OutputError
 
@@ -31,6 +32,7 @@ class JobResult:
     seconds: float = 0.0
     attempts: int = 0  # most tries any one task of the job needed (0: skipped)
     pair_check: str = ""  # geolift.checks' verdict on the pair ("consistent", or "inconsistent: <causes>")
+    days_apart: int | None = None  # days between the HSI's and the MSI's acquisitions (dates in their names)
 
 
 @dataclass
@@ -89,7 +91,8 @@ def job_result(job: BatchJob, status: str, reason: str = "", seconds: float = 0.
                pair_check: str = "") -> JobResult:
     """The report row of ``job``."""
     return JobResult(job=job.name, hsi=job.hsi, msi=";".join(job.msi), output=job.output, status=status,
-                     reason=reason, seconds=round(seconds, 3), attempts=attempts, pair_check=pair_check)
+                     reason=reason, seconds=round(seconds, 3), attempts=attempts, pair_check=pair_check,
+                     days_apart=days_apart(job.hsi, job.msi[0]))
 
 
 def pair_check_text(check: dict) -> str:

@@ -12,7 +12,7 @@ from geolift.io.paths import PathLike
 from geolift.io.products import enmap
 from geolift.io.read import Scene
 
-__all__ = ["open_product"]
+__all__ = ["is_product", "open_product"]
 
 #: Readers in the order they are tried; each has ``find(path)`` and ``open(found, ...)``.
 READERS = (enmap,)
@@ -25,3 +25,9 @@ def open_product(path: PathLike, *, require_wavelengths: bool = False, check_dat
         if found is not None:
             return reader.open(found, check_data=check_data)
     return None
+
+
+def is_product(path: PathLike) -> bool:
+    """Whether ``path`` is a product geolift reads (a folder or a ZIP of one), without opening its rasters."""
+    return any(reader.find(path) is not None for reader in READERS)
+
