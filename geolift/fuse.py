@@ -212,7 +212,10 @@ class FusionPlan:
     def model_input(self, window: Window) -> np.ndarray:
         """The HR-MSI block the model sees for ``window`` of the output grid: harmonised if asked, NaN outside
         the valid HSI footprint."""
-        window = _int_window(window)
+        return self._model_input(_int_window(window))[0]
+
+    def _model_input(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`model_input`, and the (rows, cols) mask of the valid HSI footprint it applied."""
         msi_window = Window(
             window.col_off + self.output.window.col_off,
             window.row_off + self.output.window.row_off,
@@ -224,7 +227,7 @@ class FusionPlan:
             msi_block = coreg.harmonize(msi_block, self.agreement)
         covered = coreg.coverage_mask(self.hsi_grid, self.grid.subgrid(window), self.hsi_valid)
         msi_block[:, ~covered] = np.nan
-        return msi_block
+        return msi_block, covered
 
     def predict_window(self, window: Window, qa: bool = False) -> tuple[np.ndarray, ...]:
         """HR-HSI block for ``window`` of the output grid: (all HSI bands, rows, cols), NaN = nodata.
@@ -234,14 +237,14 @@ class FusionPlan:
         window's reliability layer (:mod:`geolift.qa`, ``(4, rows, cols)``).
         """
         window = _int_window(window)
-        msi_block = self.model_input(window)
+        msi_block, covered = self._model_input(window)
         fused_good = self.model.predict(msi_block)
         correction_rms = None
         if qa and self.correction is not None:
             correction_rms = np.full((window.height, window.width), np.nan, np.float32)
         if self.correction is not None:
             self.apply_correction(fused_good, window, correction_rms)
-        quality = self.quality_block(window, fused_good, msi_block, correction_rms) if qa else None
+        quality = self.quality_block(fused_good, msi_block, covered, correction_rms) if qa else None
         if self.hsi.good_bands.all():
             out = fused_good  # no 200-band copy when there is no bad band to fill with NaN
         else:
@@ -249,12 +252,12 @@ class FusionPlan:
             out[self.hsi.good_bands] = fused_good
         return (out, msi_block) if quality is None else (out, msi_block, quality)
 
-    def quality_block(self, window: Window, fused_good: np.ndarray, msi_block: np.ndarray,
+    def quality_block(self, fused_good: np.ndarray, msi_block: np.ndarray, covered: np.ndarray,
                       correction_rms: np.ndarray | None) -> np.ndarray:
-        """The window's QA bands (:data:`geolift.qa.QA_BANDS`), float32 ``(4, rows, cols)``."""
+        """A window's QA bands (:data:`geolift.qa.QA_BANDS`), float32 ``(4, rows, cols)``; ``covered`` is the
+        valid HSI footprint :meth:`_model_input` applied."""
         rows, cols = fused_good.shape[1:]
         valid = np.isfinite(fused_good).all(axis=0)
-        covered = coreg.coverage_mask(self.hsi_grid, self.grid.subgrid(window), self.hsi_valid)
         reason = np.where(valid, qa.NODATA_VALID, np.where(covered, qa.NODATA_NO_MSI, qa.NODATA_OUTSIDE_HSI))
         novelty = (self.novelty.score(msi_block) if self.novelty is not None
                    else np.full((rows, cols), np.nan, np.float32))
@@ -739,8 +742,6 @@ def _tick(progress: Progress | None, done: int, total: int, stage: str) -> None:
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from rasterio.windows import Window
 
 from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
@@ -153,7 +154,8 @@ def open(found: Found, check_data: bool = True) -> Scene:
                     wavelength_source="EnMAP METADATA.XML", masks=masks, tags=tags)
     scene = replace(scene, good_bands=_bands_with_data(scene))
     if check_data:
-        counts = {m.name: int(scene.flagged(m, scene._window(None), (scene.height, scene.width)).sum())
+        whole = Window(0, 0, scene.width, scene.height)
+        counts = {m.name: int(scene.flagged(m, whole, (scene.height, scene.width)).sum())
                   for m in masks}
         scene.tags["masked_pixels"] = json.dumps(counts)
         if not scene.good_bands.any() or not scene.has_valid_pixels():
