@@ -98,6 +98,7 @@ class FuseOptions:
     bands: tuple[str, ...] | None = None  # which sensor bands the MSI holds, in file order
     srf_path: str | None = None  # custom SRF CSV
     drop_uncovered: bool = False  # drop MSI bands the HSI range does not cover (else an error)
+    overlap: str = "keep"  # a two-detector HSI product's overlap bands: "keep" both, or only "vnir" or "swir"
     preset: str = DEFAULT_PRESET  # "geolift" (sampled training + consistency step); "spectralift": the paper's
     steps: int | None = None  # None: the preset's
     seed: int = 0
@@ -322,7 +323,7 @@ def observe_pair(
     """Read both scenes, build the response, co-register, measure their agreement and check the pair."""
     options = options or FuseOptions()
     report = FuseReport(options=options.to_dict())
-    hsi = open_scene(hsi_source, require_wavelengths=True)
+    hsi = open_scene(hsi_source, require_wavelengths=True, overlap=options.overlap)
     msi = open_scene(msi_source)
     report.hsi, report.msi = list(map(str, hsi.paths)), list(map(str, msi.paths))
     report.hsi_crs, report.msi_crs = hsi.crs.to_string(), msi.crs.to_string()

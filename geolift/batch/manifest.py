@@ -15,6 +15,7 @@ from geolift.batch.jobs import BatchJob, check_sensor_bands, job_name, sentence
 from geolift.errors import BatchError, InputError, SensorError
 from geolift.fuse import FuseOptions, default_output_path
 from geolift.io import COMPRESSIONS, gdal_path, is_remote
+from geolift.io.products.common import OVERLAP_CHOICES
 
 __all__ = ["MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "read_manifest"]
 
@@ -22,7 +23,7 @@ __all__ = ["MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "read_manifest"]
 #: batch-wide options for one job (an empty cell keeps the batch-wide value).
 MANIFEST_COLUMNS = (
     "hsi", "msi", "sensor", "bands", "output", "srf", "steps", "seed", "preset", "harmonize", "align",
-    "drop_uncovered", "dtype", "compress", "tile_size", "device",
+    "drop_uncovered", "dtype", "compress", "tile_size", "device", "overlap",
 )
 REQUIRED_COLUMNS = ("hsi", "msi")
 
@@ -91,6 +92,8 @@ def _row_options(row: dict[str, str], defaults: FuseOptions, base: Path) -> Fuse
             changes["dtype"] = _parse_choice(value, column, _DTYPES)
         elif column == "compress":
             changes["compress"] = _parse_choice(value, column, tuple(COMPRESSIONS))
+        elif column == "overlap":
+            changes["overlap"] = _parse_choice(value, column, OVERLAP_CHOICES)
         elif column in ("preset", "device"):
             changes[column] = value
     options = replace(defaults, **changes)

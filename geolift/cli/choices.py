@@ -18,3 +18,9 @@ class Compression(str, Enum):
     deflate = "deflate"
     zstd = "zstd"
     none = "none"
+
+
+class Overlap(str, Enum):
+    keep = "keep"
+    vnir = "vnir"
+    swir = "swir"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from geolift.cli.choices import Compression, OutputType, ProgressMode
+from geolift.cli.choices import Compression, OutputType, Overlap, ProgressMode
 
 if TYPE_CHECKING:
     from geolift.fuse import FuseOptions
@@ -45,6 +45,9 @@ class PairChoices:
     drop_uncovered: Annotated[bool, typer.Option(
         "--drop-uncovered",
         help="Leave out MSI bands the HSI's spectral range does not cover (else an error).")] = False
+    overlap: Annotated[Overlap, typer.Option(
+        "--overlap", help="Where an HSI product's VNIR and SWIR detectors overlap (EnMAP, PRISMA): keep both "
+        "detectors' bands, or only vnir's or swir's there.")] = Overlap.keep
     steps: Annotated[Optional[int], typer.Option(
         "--steps", min=1, help="Training steps (default: the preset's).")] = None
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")] = 0
@@ -64,6 +67,7 @@ class PairChoices:
         return FuseOptions(
             sensor=self.sensor, bands=srf.parse_band_list(self.bands),
             srf_path=str(self.srf_csv) if self.srf_csv else None, drop_uncovered=self.drop_uncovered,
+            overlap=self.overlap.value,
             steps=self.steps, seed=self.seed, device=self.device, align=not self.no_align, harmonize=self.harmonize,
             dtype=output.dtype.value if output.dtype else None, compress=output.compress.value,
             tile_size=output.tile_size, strict=output.strict,

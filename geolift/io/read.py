@@ -14,8 +14,9 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import rasterio
@@ -25,6 +26,7 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from geolift.errors import InputError, MetadataError
@@ -32,7 +34,7 @@ from geolift.grid import block_windows
 from geolift.io.paths import PathLike, band_token, is_remote, resolve_input
 from geolift.io.spectral import SpectralMetadata, spectral_metadata
 
-__all__ = ["MaskLayer", "Scene", "open_scene"]
+__all__ = ["MaskLayer", "PixelSource", "Scene", "open_scene"]
 
 _RESAMPLING = {
     "nearest": Resampling.nearest,
@@ -96,6 +98,18 @@ def _clean_transform(t: Affine) -> Affine:
     return Affine(t.a + 0.0, b, t.c, d, t.e + 0.0, t.f)
 
 
+class PixelSource(Protocol):
+    """Raw pixels on the scene grid that GDAL cannot hand over as a plain ``(bands, rows, cols)`` raster.
+
+    A product whose cube is stored band-interleaved by line (PRISMA's HDF5) or in swath geometry with a lookup
+    table to the map grid (EMIT) reads through one of these. It must pickle (scenes travel to Dask workers).
+    """
+
+    def read(self, bands: Sequence[int], window: Window) -> np.ndarray:
+        """Raw values of 1-based ``bands`` in ``window`` as ``(len(bands), rows, cols)``, the file's own type."""
+        ...
+
+
 @dataclass(frozen=True)
 class _FileBands:
     """Where some of a scene's bands live: one file, its 1-based band indexes, how to read it."""
@@ -105,14 +119,22 @@ class _FileBands:
     on_grid: bool  # the file's grid is the scene grid: read directly, no warping
     use_mask: bool  # honour the file's per-dataset mask / alpha band
     resampling: str  # used to warp files that are not on the scene grid
+    source: PixelSource | None = None  # reads the pixels instead of GDAL's plain raster view of ``path``
 
 
 @dataclass(frozen=True)
 class MaskLayer:
-    """A product's quality layer on the scene grid: pixels where any of its bands is non-zero are left out."""
+    """A product's quality layer on the scene grid: pixels where any of its bands is flagged are left out.
+
+    A value is flagged when it is non-zero, or, with ``bits``, when it has any of those bits set (a packed
+    quality word). ``source`` reads it where GDAL alone cannot (see :class:`PixelSource`).
+    """
 
     name: str  # what it flags: "cloud", "cloud shadow", ...
     path: str  # a single- or multi-band raster on the scene grid (GDAL path)
+    bits: int | None = None
+    source: PixelSource | None = None
+    bands: tuple[int, ...] | None = None  # 1-based bands of ``path``/``source`` to look at; None: all
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +192,33 @@ class Scene:
     def good_band_indices(self) -> np.ndarray:
         """0-based indices of the bands not flagged bad."""
         return np.flatnonzero(self.good_bands)
+
+    def take_bands(self, indices: Sequence[int]) -> Scene:
+        """The scene restricted to some of its bands (0-based, in the order given), e.g. one detector's."""
+        idx = [int(i) for i in self._band_indices(indices)]
+        band_file = self._band_to_file()
+        files = []
+        for file_no, fb in enumerate(self.files):
+            kept = tuple(fb.bands[band_file[b][1]] for b in idx if band_file[b][0] == file_no)
+            if kept:
+                files.append(replace(fb, bands=kept))
+        order = [b for file_no in range(len(self.files)) for b in idx if band_file[b][0] == file_no]
+        if order != idx:
+            raise ValueError("take_bands keeps the bands of each file together, in file order")
+
+        def pick(values):
+            return None if values is None else tuple(values[b] for b in idx)
+
+        def pick_array(values):
+            return None if values is None else np.asarray(values)[idx]
+
+        return replace(self, count=len(idx), dtypes=pick(self.dtypes), nodata=pick(self.nodata),
+                       scales=pick_array(self.scales), offsets=pick_array(self.offsets),
+                       wavelengths_nm=pick_array(self.wavelengths_nm), fwhm_nm=pick_array(self.fwhm_nm),
+                       good_bands=pick_array(self.good_bands), band_names=pick(self.band_names),
+                       named_bands=pick(self.named_bands), descriptions=pick(self.descriptions),
+                       paths=tuple(dict.fromkeys(fb.path for fb in files)), files=tuple(files),
+                       tags=dict(self.tags))
 
     def block_windows(self, size: int = 512) -> Iterator[Window]:
         """Windows of at most ``size`` x ``size`` pixels covering the scene, row by row."""
@@ -250,10 +299,17 @@ class Scene:
     def flagged(self, mask: MaskLayer, window: Window, shape: tuple[int, int]) -> np.ndarray:
         """``shape`` bool: the pixels of ``window`` that ``mask`` flags (nearest-neighbour when resampled)."""
         try:
-            with _open_raster(mask.path) as ds:
-                flags = ds.read(window=window, out_shape=(ds.count, *shape), resampling=Resampling.nearest)
+            if mask.source is not None:
+                flags = _nearest(mask.source.read(mask.bands, window), shape)
+            else:
+                with _open_raster(mask.path) as ds:
+                    bands = list(mask.bands or range(1, ds.count + 1))
+                    flags = ds.read(bands, window=window, out_shape=(len(bands), *shape),
+                                    resampling=Resampling.nearest)
         except RasterioError as exc:
             raise InputError(f"Reading the {mask.name} mask {mask.path} failed ({str(exc).splitlines()[0]}).") from exc
+        if mask.bits is not None:
+            flags = flags & np.array(mask.bits).astype(flags.dtype)
         return (flags != 0).any(axis=0)
 
     def _row_strips(self, fb: _FileBands, win: Window, n_bands: int) -> list[tuple[int, int]]:
@@ -265,7 +321,7 @@ class Scene:
         once, and the freed blocks stayed in the process's heap (0.4 GB) for the rest of the run.
         """
         row_bytes = 4 * n_bands * int(win.width)
-        if row_bytes * win.height <= READ_STRIP_BYTES or not fb.on_grid:
+        if row_bytes * win.height <= READ_STRIP_BYTES or not fb.on_grid or fb.source is not None:
             return [(0, int(win.height))]
         with _open_raster(Path(fb.path)) as ds:
             block_rows = int(ds.block_shapes[0][0])
@@ -289,13 +345,13 @@ class Scene:
         out_shape = (len(file_bands), *shape)
         nodata = [self.nodata[b] for b in scene_bands]
         try:
+            if fb.source is not None:
+                data = _float_with_nan(fb.source.read(file_bands, win), nodata)
+                return data if data.shape == out_shape else self._resample(data, win, shape, method)
             with _open_raster(fb.path) as ds:
                 if fb.on_grid:
                     raw = ds.read(file_bands, window=win, out_shape=out_shape, resampling=method)
-                    invalid = np.zeros(raw.shape, dtype=bool)
-                    for k, nd in enumerate(nodata):
-                        if _representable(nd, raw.dtype):  # compare in the file's type: exact for any integer
-                            invalid[k] = raw[k] == np.array(nd).astype(raw.dtype)
+                    invalid = _nodata_pixels(raw, nodata)
                     if fb.use_mask:
                         masks = ds.read_masks(file_bands, window=win, out_shape=out_shape,
                                               resampling=Resampling.nearest)
@@ -319,6 +375,15 @@ class Scene:
         except RasterioError as exc:
             raise InputError(f"Reading {fb.path} failed ({str(exc).strip().splitlines()[0]}).") from exc
 
+    def _resample(self, data: np.ndarray, win: Window, shape: tuple[int, int], method: Resampling) -> np.ndarray:
+        """``data`` (a window read at full resolution) on a ``shape`` grid over the same window, NaN-aware."""
+        out = np.full((data.shape[0], *shape), np.nan, dtype=np.float32)
+        src_transform = self.window_transform(win)
+        dst_transform = src_transform * Affine.scale(win.width / shape[1], win.height / shape[0])
+        reproject(data, out, src_transform=src_transform, dst_transform=dst_transform, src_crs=self.crs,
+                  dst_crs=self.crs, src_nodata=np.nan, dst_nodata=np.nan, resampling=method)
+        return out
+
     def has_valid_pixels(self) -> bool:
         """Whether any good band has a non-nodata pixel (cheap decimated look first, exact block scan if needed)."""
         good = self.good_band_indices()
@@ -332,6 +397,29 @@ class Scene:
             if np.isfinite(self.read(window=window, bands=good)).any():
                 return True
         return False
+
+
+def _nodata_pixels(raw: np.ndarray, nodata: Sequence[float | None]) -> np.ndarray:
+    """Where each band of ``raw`` holds its nodata value, compared in the file's type (exact for any integer)."""
+    invalid = np.zeros(raw.shape, dtype=bool)
+    for k, nd in enumerate(nodata):
+        if _representable(nd, raw.dtype):
+            invalid[k] = raw[k] == np.array(nd).astype(raw.dtype)
+    return invalid
+
+
+def _float_with_nan(raw: np.ndarray, nodata: Sequence[float | None]) -> np.ndarray:
+    invalid = _nodata_pixels(raw, nodata)
+    data = raw.astype(np.float32, copy=False)
+    data[invalid] = np.nan
+    return data
+
+
+def _nearest(data: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(bands, rows, cols)`` ``data`` on a ``shape`` grid over the same extent, nearest neighbour."""
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * data.shape[1] / shape[0], data.shape[1] - 1).astype(int)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * data.shape[2] / shape[1], data.shape[2] - 1).astype(int)
+    return data[:, rows][:, :, cols]
 
 
 def _representable(value: float | None, dtype: np.dtype) -> bool:
@@ -432,18 +520,21 @@ def open_scene(
     nodata: float | None = None,
     resampling: str = "bilinear",
     check_data: bool = True,
+    overlap: str = "keep",
 ) -> Scene:
     """Describe a raster or a list of band files as one ``Scene`` (metadata only; see the module docstring).
 
     ``require_wavelengths=True`` (the LR-HSI) raises ``MetadataError`` when no wavelength is found;
     ``nodata`` overrides the files' nodata value; ``resampling`` warps coarser band files onto the
-    finest grid; ``check_data`` refuses a scene whose good bands hold only nodata.
+    finest grid; ``check_data`` refuses a scene whose good bands hold only nodata; ``overlap`` picks the bands
+    where a product's two detectors overlap ("keep" both, "vnir" or "swir"; plain rasters have no detectors).
     """
     single = isinstance(source, (str, os.PathLike))
     if single:
         from geolift.io.products import open_product  # products build on this module
 
-        product = open_product(source, require_wavelengths=require_wavelengths, check_data=check_data)
+        product = open_product(source, require_wavelengths=require_wavelengths, check_data=check_data,
+                               overlap=overlap)
         if product is not None:
             return product
     raw_paths = [source] if single else list(source)

@@ -9,21 +9,25 @@ scene's tags). A path that is no known product gives None, and :func:`geolift.io
 from __future__ import annotations
 
 from geolift.io.paths import PathLike
-from geolift.io.products import enmap
+from geolift.io.products import enmap, prisma
 from geolift.io.read import Scene
 
 __all__ = ["is_product", "open_product"]
 
 #: Readers in the order they are tried; each has ``find(path)`` and ``open(found, ...)``.
-READERS = (enmap,)
+READERS = (enmap, prisma)
 
 
-def open_product(path: PathLike, *, require_wavelengths: bool = False, check_data: bool = True) -> Scene | None:
-    """The scene of the product at ``path``, or None when ``path`` is not a product geolift knows."""
+def open_product(path: PathLike, *, require_wavelengths: bool = False, check_data: bool = True,
+                 overlap: str = "keep") -> Scene | None:
+    """The scene of the product at ``path``, or None when ``path`` is not a product geolift knows.
+
+    ``overlap`` says what to do where two detectors overlap (:data:`common.OVERLAP_CHOICES`).
+    """
     for reader in READERS:
         found = reader.find(path)
         if found is not None:
-            return reader.open(found, check_data=check_data)
+            return reader.open(found, check_data=check_data, overlap=overlap)
     return None
 
 

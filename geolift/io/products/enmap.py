@@ -13,15 +13,14 @@ What is read (EnMAP L2A product layout, DLR; the file names carry the product na
   the band agreement and the consistency step, and is nodata in the output.
 * Bands with no valid pixel (EnMAP fills its water-vapour bands with nodata) are flagged bad.
 
-The VNIR and SWIR detectors overlap (about 900-990 nm): both sets of bands are kept, each with its own centre, as the
-product delivers them (geolift handles bands in any wavelength order).
+The VNIR and SWIR detectors overlap (about 900-1000 nm); ``specific/{vnir,swir}ProductQuality/expectedChannelsList``
+says which bands belong to which. ``overlap`` keeps both sets (the default; geolift handles bands in any wavelength
+order) or only one detector's bands in the overlap.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 import xml.etree.ElementTree as ElementTree
@@ -30,10 +29,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
 from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
+from geolift.io.products.common import _bands_with_data, finish, select_detectors  # noqa: F401
 from geolift.io.read import MaskLayer, Scene, open_scene
 
 __all__ = ["find", "open"]
@@ -131,7 +130,7 @@ def _file(found: Found, suffix: str) -> str | None:
     return None
 
 
-def open(found: Found, check_data: bool = True) -> Scene:
+def open(found: Found, check_data: bool = True, overlap: str = "keep") -> Scene:
     """The product as a :class:`Scene`: wavelengths, FWHM, gains and offsets from the metadata, quality masks."""
     root = _metadata_root(found)
     table = _band_table(root, found.metadata)
@@ -152,21 +151,21 @@ def open(found: Found, check_data: bool = True) -> Scene:
     scene = replace(cube, wavelengths_nm=table["wavelengthCenterOfBand"], fwhm_nm=table["FWHMOfBand"],
                     scales=table["GainOfBand"], offsets=table["OffsetOfBand"],
                     wavelength_source="EnMAP METADATA.XML", masks=masks, tags=tags)
-    scene = replace(scene, good_bands=_bands_with_data(scene))
-    if check_data:
-        whole = Window(0, 0, scene.width, scene.height)
-        counts = {m.name: int(scene.flagged(m, whole, (scene.height, scene.width)).sum())
-                  for m in masks}
-        scene.tags["masked_pixels"] = json.dumps(counts)
-        if not scene.good_bands.any() or not scene.has_valid_pixels():
-            raise InputError(f"The EnMAP product {found.name} has no valid pixel (after its quality masks).")
-    log.info("HSI product: EnMAP %s %s, acquired %s; quality masks: %s.", level, found.name,
-             tags["acquisition_time"] or "at an unknown time", ", ".join(m.name for m in masks) or "none")
-    return scene
+    scene = select_detectors(scene, _detectors(root, cube.count, found.metadata), overlap)
+    return finish(scene, label="EnMAP", check_data=check_data)
 
 
-def _bands_with_data(scene: Scene) -> np.ndarray:
-    """Bands with at least one valid pixel in a decimated look (EnMAP fills its water-vapour bands with nodata)."""
-    step = max(1, math.ceil(max(scene.width, scene.height) / 256))
-    preview = scene.read(out_shape=(max(1, scene.height // step), max(1, scene.width // step)), resampling="nearest")
-    return scene.good_bands & np.isfinite(preview).any(axis=(1, 2))
+def _detectors(root: ElementTree.Element, count: int, where: str) -> list[str]:
+    """Each band's detector from ``specific/{vnir,swir}ProductQuality/expectedChannelsList`` (1-based numbers)."""
+    labels = ["?"] * count
+    for det in ("vnir", "swir"):
+        text = root.findtext(f".//specific/{det}ProductQuality/expectedChannelsList") or ""
+        try:
+            numbers = [int(v) for v in text.replace(";", ",").split(",") if v.strip()]
+        except ValueError:
+            raise MetadataError(f"{where}: {det}ProductQuality/expectedChannelsList is not a list of band "
+                                "numbers.") from None
+        for n in numbers:
+            if 1 <= n <= count:
+                labels[n - 1] = det.upper()
+    return labels
