@@ -20,91 +20,30 @@ order) or only one detector's bands in the overlap.
 
 from __future__ import annotations
 
-import logging
-import os
 import re
 import xml.etree.ElementTree as ElementTree
-import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
-from geolift.io.products.common import _bands_with_data, finish, select_detectors  # noqa: F401
+from geolift.io.products.common import finish, select_detectors
+from geolift.io.products.folders import ProductFiles, find_product_files, metadata_root
 from geolift.io.read import MaskLayer, Scene, open_scene
 
 __all__ = ["find", "open"]
 
-log = logging.getLogger("geolift")
 
 _METADATA = re.compile(r"ENMAP01-.*-METADATA\.XML$", re.IGNORECASE)
-_IMAGE_SUFFIXES = (".TIF", ".TIFF", ".BSQ", ".BIL", ".BIP")
 MASK_LAYERS = (("QL_QUALITY_CLOUD", "cloud"), ("QL_QUALITY_CLOUDSHADOW", "cloud shadow"), ("QL_QUALITY_HAZE", "haze"),
                ("QL_QUALITY_SNOW", "snow"), ("QL_QUALITY_CIRRUS", "cirrus"), ("QL_PIXELMASK", "detector no-data"))
 
 
-@dataclass(frozen=True)
-class Found:
-    """Where an EnMAP product's files are: GDAL paths by file name, and how to read the metadata's bytes."""
-
-    name: str  # the product name (the file names' common prefix)
-    metadata: str  # the METADATA.XML's GDAL path
-    files: dict[str, str]  # upper-case file name -> GDAL path
-    archive: str | None = None  # the ZIP, when the product is one
-    member: str | None = None  # the METADATA.XML inside it
-
-
-def find(path: PathLike) -> Found | None:
+def find(path: PathLike) -> ProductFiles | None:
     """The product at ``path`` (its folder, its METADATA.XML, or its ZIP), or None when it is not one."""
-    text = os.fspath(path)
-    if text.startswith("/vsi") or "://" in text:
-        return None
-    p = Path(text).expanduser()
-    if p.is_file() and p.suffix.lower() == ".zip":
-        try:
-            with zipfile.ZipFile(p) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return None
-        members = [n for n in names if _METADATA.search(Path(n).name)]
-        if not members:
-            return None
-        folder = str(Path(members[0]).parent)
-        prefix = f"/vsizip/{os.path.abspath(p)}"
-        files = {Path(n).name.upper(): f"{prefix}/{n}" for n in names if str(Path(n).parent) == folder}
-        return Found(_product_name(members[0]), f"{prefix}/{members[0]}", files, os.path.abspath(p), members[0])
-    if p.is_file() and _METADATA.search(p.name):
-        p = p.parent
-    if p.is_dir():
-        metadata = [c for c in p.iterdir() if _METADATA.search(c.name)]
-        if metadata:
-            files = {c.name.upper(): str(c.resolve()) for c in p.iterdir() if c.is_file()}
-            return Found(_product_name(metadata[0].name), str(metadata[0].resolve()), files)
-    return None
-
-
-def _product_name(metadata_name: str) -> str:
-    return re.sub(r"-METADATA\.XML$", "", Path(metadata_name).name, flags=re.IGNORECASE)
-
-
-def _metadata_root(found: Found) -> ElementTree.Element:
-    try:
-        if found.archive is not None:
-            with zipfile.ZipFile(found.archive) as archive:
-                data = archive.read(found.member)
-        else:
-            data = Path(found.metadata).read_bytes()
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
-        raise InputError(f"Cannot read {found.metadata} ({exc}).") from None
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise MetadataError(f"{found.metadata} declares a DTD or entities; geolift does not expand them in a "
-                            "downloaded file.")
-    try:
-        return ElementTree.fromstring(data)
-    except ElementTree.ParseError as exc:
-        raise MetadataError(f"{found.metadata} is not valid XML ({exc}); the product may be truncated.") from None
+    return find_product_files(path, _METADATA, "EnMAP")
 
 
 def _band_table(root: ElementTree.Element, where: str) -> dict[str, np.ndarray]:
@@ -122,19 +61,11 @@ def _band_table(root: ElementTree.Element, where: str) -> dict[str, np.ndarray]:
     return table
 
 
-def _file(found: Found, suffix: str) -> str | None:
-    for ext in _IMAGE_SUFFIXES:
-        path = found.files.get(f"{found.name}-{suffix}{ext}".upper())
-        if path is not None:
-            return path
-    return None
-
-
-def open(found: Found, check_data: bool = True, overlap: str = "keep") -> Scene:
+def open(found: ProductFiles, check_data: bool = True, overlap: str = "keep") -> Scene:
     """The product as a :class:`Scene`: wavelengths, FWHM, gains and offsets from the metadata, quality masks."""
-    root = _metadata_root(found)
+    root = metadata_root(found)
     table = _band_table(root, found.metadata)
-    image = _file(found, "SPECTRAL_IMAGE")
+    image = found.file("SPECTRAL_IMAGE")
     if image is None:
         raise InputError(f"The EnMAP product {found.name} has no SPECTRAL_IMAGE file next to its METADATA.XML.")
     cube = open_scene(image, check_data=False)
@@ -142,7 +73,7 @@ def open(found: Found, check_data: bool = True, overlap: str = "keep") -> Scene:
         raise MetadataError(f"{found.metadata} describes {table['wavelengthCenterOfBand'].size} bands but "
                             f"{Path(image).name} has {cube.count}.")
     masks = tuple(MaskLayer(name, path) for suffix, name in MASK_LAYERS
-                  if (path := _file(found, suffix)) is not None)
+                  if (path := found.file(suffix)) is not None)
     level = "L1C" if "L1C" in found.name.upper() else "L2A"
     tags = dict(cube.tags) | {
         "product_name": found.name, "sensor": "EnMAP", "processing_level": level,

@@ -22,7 +22,6 @@ The VNIR and SWIR detectors overlap (about 920-1010 nm): ``overlap`` keeps both 
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import zipfile
@@ -42,7 +41,6 @@ from geolift.io.read import MaskLayer, Scene, _FileBands, _open_raster
 
 __all__ = ["find", "open"]
 
-log = logging.getLogger("geolift")
 
 _FILE = re.compile(r"PRS_L(1|2[BCD])_[A-Z]{3}_\d{14}_\d{14}_\d{4}\.he5$", re.IGNORECASE)
 _FIELDS = "/PRS_L2D_HCO/Data_Fields/"  # as GDAL names the subdatasets (spaces become underscores)
