@@ -23,7 +23,7 @@ h5py = pytest.importorskip("h5py", reason="the PRISMA miniature product is writt
 NAME = "PRS_L2D_STD_20220724101543_20220724101547_0001"
 START = "2022-07-24T10:15:43.123456"
 BANDS = ["B2", "B3", "B4", "B8"]
-LOW, HIGH = -0.05, 0.65  # L2Scale<Det>Min/Max: reflectance = LOW + DN * (HIGH - LOW) / 65535
+LOW, HIGH = -0.01, 1.1  # L2Scale<Det>Min/Max: reflectance = LOW + DN * (HIGH - LOW) / 65535
 FIELDS = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields"
 OUTSIDE = (slice(0, 2), slice(0, 3))  # LR pixels outside the swath: DN 0 in every band
 INVALID = (9, 20)  # an invalid L1 pixel (error code 1) in one VNIR band
@@ -48,7 +48,7 @@ def prisma_case(tmp_path_factory):
     cube, wavelengths, fwhm, crs, transform = read_potsdam_cube()
     R = srf.response_matrix("sentinel2a", BANDS, wavelengths, fwhm_nm=fwhm)
     case = evaluate.make_wald_case(cube, R, ratio=4, seed=3)
-    reflectance = case.lr_hsi / 10000.0
+    reflectance = case.lr_hsi.astype(np.float64)
     vnir, swir = np.flatnonzero(wavelengths < 1000), np.flatnonzero(wavelengths > 900)  # they overlap, as PRISMA's
     # The overlap's SWIR channels sit 1.5 nm off their VNIR twins, as two detectors' channels do (never equal).
     wavelengths = np.concatenate([wavelengths, wavelengths[swir] + np.where(wavelengths[swir] < 1000, 1.5, 0.0)])
@@ -90,7 +90,7 @@ def prisma_case(tmp_path_factory):
     archive = folder / f"{NAME}.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(path, f"{NAME}.he5")
-    msi = write_tif(folder / "s2.tif", (case.hr_msi / 10000.0).astype(np.float32), crs=crs,
+    msi = write_tif(folder / "s2.tif", case.hr_msi.astype(np.float32), crs=crs,
                     transform=prisma @ Affine.scale(0.25), descriptions=BANDS)
     order = np.concatenate([vnir, swir])
     values = _values(np.concatenate([_with_outside(_dn(reflectance[vnir])), _with_outside(_dn(reflectance[swir]))]))

@@ -9,13 +9,13 @@ scene's tags). A path that is no known product gives None, and :func:`geolift.io
 from __future__ import annotations
 
 from geolift.io.paths import PathLike
-from geolift.io.products import desis, enmap, prisma
+from geolift.io.products import desis, emit, enmap, prisma
 from geolift.io.read import Scene
 
 __all__ = ["is_product", "open_product"]
 
 #: Readers in the order they are tried; each has ``find(path)`` and ``open(found, ...)``.
-READERS = (enmap, prisma, desis)
+READERS = (enmap, prisma, desis, emit)
 
 
 def open_product(path: PathLike, *, require_wavelengths: bool = False, check_data: bool = True,

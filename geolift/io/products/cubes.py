@@ -1,43 +1,91 @@
-"""Pixel sources for product cubes that GDAL shows in another layout than ``(bands, rows, cols)``.
+"""Pixel sources for product cubes that GDAL does not show as ``(bands, rows, cols)`` on the map grid.
 
-PRISMA stores its cubes band-interleaved by line, ``(rows, bands, cols)``; GDAL's HDF5 driver then shows each image
-row as one "band" holding a ``bands x cols`` image. :class:`LineInterleavedCube` reads such a dataset back as
-``(bands, rows, cols)`` window by window, so the rest of geolift sees an ordinary scene (see
-:class:`geolift.io.read.PixelSource`).
+PRISMA stores its cubes band-interleaved by line, ``(rows, bands, cols)``, EMIT by pixel, ``(rows, cols, bands)``;
+GDAL may then show each image row as one "band" holding a ``bands x cols`` (or ``cols x bands``) image.
+:class:`InterleavedCube` reads such a dataset back as ``(bands, rows, cols)`` window by window. EMIT's cube is also in
+swath geometry: :class:`LookupTableGrid` places its pixels on the map grid through the product's geometry lookup
+table. The rest of geolift then sees an ordinary scene (see :class:`geolift.io.read.PixelSource`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import rasterio
 from rasterio.windows import Window
 
 from geolift.io.read import _open_raster
 
-__all__ = ["LineInterleavedCube", "gdal_layout"]
+__all__ = ["InterleavedCube", "LookupTableGrid", "gdal_layout"]
 
 
 @dataclass(frozen=True)
-class LineInterleavedCube:
-    """A ``(rows, bands, cols)`` dataset that GDAL shows as ``rows`` bands of ``bands x cols`` images."""
+class InterleavedCube:
+    """A cube of ``count`` bands as GDAL shows it: "bsq" (bands as bands), "bil" (rows as bands, each a
+    ``bands x cols`` image) or "bip" (rows as bands, each a ``cols x bands`` image)."""
 
-    path: str  # the GDAL path of the dataset (an HDF5 subdataset)
+    path: str  # the GDAL path of the dataset (an HDF5 or netCDF subdataset)
     count: int  # spectral bands
+    layout: str = "bil"
+    config: tuple[tuple[str, str], ...] = ()  # GDAL configuration options to open it with
 
     def read(self, bands: Sequence[int] | None, window: Window) -> np.ndarray:
         """1-based spectral ``bands`` (None: all) of ``window`` as ``(bands, rows, cols)``."""
         idx = np.arange(1, self.count + 1) if bands is None else np.asarray(bands, dtype=int)
         first, last = int(idx.min()), int(idx.max())
         rows = list(range(int(window.row_off) + 1, int(window.row_off + window.height) + 1))
-        with _open_raster(self.path) as ds:
-            data = ds.read(rows, window=Window(window.col_off, first - 1, window.width, last - first + 1))
-        return np.ascontiguousarray(data[:, idx - first, :].transpose(1, 0, 2))
+        with _opened(self.path, self.config) as ds:
+            if self.layout == "bsq":
+                return ds.read([int(b) for b in idx], window=window)
+            if self.layout == "bil":
+                data = ds.read(rows, window=Window(window.col_off, first - 1, window.width, last - first + 1))
+                return np.ascontiguousarray(data[:, idx - first, :].transpose(1, 0, 2))
+            data = ds.read(rows, window=Window(first - 1, window.col_off, last - first + 1, window.width))
+            return np.ascontiguousarray(data[:, :, idx - first].transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class LookupTableGrid:
+    """A swath cube placed on a map grid by a geometry lookup table (EMIT's GLT).
+
+    ``glt_x``/``glt_y`` hold, for each map pixel, the 1-based swath column and row it takes (0: none, the map pixel
+    gets ``fill``). This is nearest-neighbour orthorectification exactly as the product defines it: no value is
+    interpolated. A window reads only the swath rows and columns its map pixels point to.
+    """
+
+    swath: InterleavedCube
+    glt_x: str  # GDAL paths of the two lookup tables (on the map grid), opened with ``swath.config``
+    glt_y: str
+    fill: float
+
+    def read(self, bands: Sequence[int] | None, window: Window) -> np.ndarray:
+        with _opened(self.glt_x, self.swath.config) as ds:
+            cols = ds.read(1, window=window).astype(np.int64)
+        with _opened(self.glt_y, self.swath.config) as ds:
+            rows = ds.read(1, window=window).astype(np.int64)
+        n = self.swath.count if bands is None else len(bands)
+        placed = (cols > 0) & (rows > 0)
+        if not placed.any():
+            return np.full((n, *cols.shape), self.fill, dtype=np.float32)
+        top, left = int(rows[placed].min()) - 1, int(cols[placed].min()) - 1
+        block = Window(left, top, int(cols[placed].max()) - left, int(rows[placed].max()) - top)
+        data = self.swath.read(bands, block)
+        out = np.full((n, *cols.shape), self.fill, dtype=data.dtype)
+        out[:, placed] = data[:, rows[placed] - 1 - top, cols[placed] - 1 - left]
+        return out
+
+
+@contextmanager
+def _opened(path: str, config: tuple[tuple[str, str], ...]) -> Iterator:
+    with rasterio.Env(**dict(config)), _open_raster(path) as ds:
+        yield ds
 
 
 def gdal_layout(shape: tuple[int, int, int], count: int) -> str:
-    """How GDAL shows a cube of ``count`` spectral bands: "bsq" (as bands) or "bil" (image rows as bands).
+    """How GDAL shows a cube of ``count`` spectral bands: "bsq" (as bands), "bil" or "bip" (image rows as bands).
 
     ``shape`` is GDAL's ``(count, height, width)`` of the dataset. Which one GDAL picks depends on its version and
     on the HDF-EOS metadata it finds, so readers ask instead of assuming; anything else is an error.
@@ -46,5 +94,7 @@ def gdal_layout(shape: tuple[int, int, int], count: int) -> str:
         return "bsq"
     if shape[1] == count and shape[0] != count:
         return "bil"
+    if shape[2] == count and shape[0] != count:
+        return "bip"
     raise ValueError(f"GDAL shows the cube as {shape[0]} x {shape[1]} x {shape[2]}; which axis holds the {count} "
                      "bands is not clear")

@@ -36,7 +36,7 @@ from rasterio.errors import CRSError, RasterioError
 from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
 from geolift.io.products.common import finish, select_detectors
-from geolift.io.products.cubes import LineInterleavedCube, gdal_layout
+from geolift.io.products.cubes import InterleavedCube, gdal_layout
 from geolift.io.read import MaskLayer, Scene, _FileBands, _open_raster
 
 __all__ = ["find", "open"]
@@ -129,6 +129,9 @@ def open(found: Found, check_data: bool = True, overlap: str = "keep") -> Scene:
         except ValueError as exc:
             raise MetadataError(f"{where}: the {det} cube does not match its {centres.size} listed bands ({exc}).") \
                 from None
+        if layout == "bip":
+            raise MetadataError(f"{where}: the {det} cube is stored band-interleaved by pixel; a PRISMA L2D cube is "
+                                "by line.")
         rows, cols = (shape[1], shape[2]) if layout == "bsq" else (shape[0], shape[2])
         if grid is None:
             grid = (rows, cols)
@@ -138,7 +141,7 @@ def open(found: Found, check_data: bool = True, overlap: str = "keep") -> Scene:
                                 f"{rows} x {cols}.")
         exists = np.flatnonzero(centres > 0)
         order = exists[np.argsort(centres[exists], kind="stable")]
-        source = LineInterleavedCube(cube, centres.size) if layout == "bil" else None
+        source = InterleavedCube(cube, centres.size) if layout == "bil" else None
         files.append(_FileBands(cube, tuple(int(k) + 1 for k in order), True, False, "bilinear", source))
         low, high = _number(attrs, f"L2Scale{det.title()}Min", where), _number(attrs, f"L2Scale{det.title()}Max", where)
         wavelengths.append(centres[order])
@@ -150,7 +153,7 @@ def open(found: Found, check_data: bool = True, overlap: str = "keep") -> Scene:
         errors = _subdataset(subdatasets, f"{det}_PIXEL_L2_ERR_MATRIX", where, required=False)
         if errors is not None:
             masks.append(MaskLayer(f"invalid {det} pixel", errors, bits=1,
-                                   source=LineInterleavedCube(errors, centres.size) if layout == "bil" else None))
+                                   source=InterleavedCube(errors, centres.size) if layout == "bil" else None))
     for field, name in (("Cloud_Mask", "cloud"), ("SunGlint_Mask", "sun glint")):
         path = _subdataset(subdatasets, field, where, required=False)
         if path is not None and _shape(path)[0][1:] == grid:
