@@ -36,6 +36,10 @@ def enmap_case(tmp_path_factory):
     # Two water-vapour bands that EnMAP fills with nodata, between the others.
     wl = np.concatenate([wavelengths, [1400.0, 1900.0]])
     fw = np.concatenate([fwhm, [10.0, 10.0]])
+    # Each band's detector: VNIR below 900 nm, SWIR above 1000 nm, alternating in between (the two overlap there).
+    between = np.flatnonzero((wl >= 900) & (wl < 1000))
+    detectors = np.where(wl < 900, "VNIR", "SWIR")
+    detectors[between[::2]] = "VNIR"
     dn = np.rint(case.lr_hsi / GAIN).astype(np.int16)
     dn = np.concatenate([dn, np.full((2, *dn.shape[1:]), NODATA, np.int16)])
     folder = tmp_path_factory.mktemp("enmap") / NAME
@@ -58,10 +62,14 @@ def enmap_case(tmp_path_factory):
         f'<bandID number="{k + 1}"><wavelengthCenterOfBand>{float(w)!r}</wavelengthCenterOfBand>'
         f"<FWHMOfBand>{float(f)!r}</FWHMOfBand><GainOfBand>{GAIN}</GainOfBand><OffsetOfBand>0</OffsetOfBand></bandID>"
         for k, (w, f) in enumerate(zip(wl, fw)))
+    channels = {det: ",".join(str(k + 1) for k in np.flatnonzero(detectors == det)) for det in ("VNIR", "SWIR")}
     (folder / f"{NAME}-METADATA.XML").write_text(
         '<?xml version="1.0" encoding="UTF-8"?><level_X><base><temporalCoverage>'
         f"<startTime>{START}</startTime></temporalCoverage></base><specific><bandCharacterisation>{bands}"
-        "</bandCharacterisation></specific></level_X>")
+        "</bandCharacterisation>"
+        f"<vnirProductQuality><expectedChannelsList>{channels['VNIR']}</expectedChannelsList></vnirProductQuality>"
+        f"<swirProductQuality><expectedChannelsList>{channels['SWIR']}</expectedChannelsList></swirProductQuality>"
+        "</specific></level_X>")
     archive = folder.parent / f"{NAME}.ZIP"
     with zipfile.ZipFile(archive, "w") as zf:
         for path in folder.iterdir():
@@ -174,3 +182,39 @@ def test_batch_pairs_a_zipped_product_by_date_and_reports_the_days_between(enmap
     # no MSI has the product's date, so the footprint decides; both overlap it equally: the first in name order
     assert job.msi[0].endswith("20220727T101031_stack.tif") and job_result(job, "done").days_apart == 3
 
+
+
+@pytest.mark.parametrize("overlap", ["vnir", "swir"])
+def test_the_enmap_detector_overlap_keeps_one_detector_when_asked(enmap_case, overlap):
+    """expectedChannelsList says which bands are whose; in the overlap only the chosen detector's stay."""
+    folder, wl = enmap_case[0], enmap_case[4]
+    both, one = open_scene(folder), open_scene(folder, overlap=overlap)
+    between = np.flatnonzero((wl >= 900) & (wl < 1000))
+    vnir = np.zeros(wl.size, bool)
+    vnir[wl < 900] = True
+    vnir[between[::2]] = True
+    low, high = wl[~vnir].min(), wl[vnir].max()
+    dropped = (wl >= low) & (wl <= high) & (~vnir if overlap == "vnir" else vnir)
+    assert 0 < dropped.sum() < between.size
+    np.testing.assert_array_equal(one.wavelengths_nm, wl[~dropped])
+    np.testing.assert_array_equal(one.read(window=((0, 4), (0, 4))),
+                                  both.read(window=((0, 4), (0, 4)), bands=np.flatnonzero(~dropped)))
+
+
+def test_fuse_takes_the_overlap_choice_and_writes_only_the_kept_bands(enmap_case, tmp_path):
+    from geolift.cli import _register_commands, app
+
+    folder, _, msi, _, wl, _ = enmap_case
+    _register_commands()
+    out = tmp_path / "vnir.tif"
+    result = CliRunner().invoke(app, ["fuse", str(folder), str(msi), "--sensor", "sentinel2", "--steps", "20",
+                                      "--overlap", "vnir", "-o", str(out), "--progress", "none",
+                                      "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "kept the VNIR bands (--overlap vnir)" in result.output
+    with rasterio.open(out) as ds:
+        assert ds.count == open_scene(folder, overlap="vnir").count < wl.size
+    assert json.loads((tmp_path / "r.json").read_text())["options"]["overlap"] == "vnir"
+    refused = CliRunner().invoke(app, ["fuse", str(folder), str(msi), "--sensor", "sentinel2", "--overlap", "both",
+                                       "-o", str(tmp_path / "x.tif")])
+    assert refused.exit_code == 2 and "--overlap" in refused.output

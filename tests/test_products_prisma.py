@@ -199,3 +199,21 @@ def test_info_says_what_geolift_understood_of_a_prisma_product(prisma_case):
     assert result.exit_code == 0, result.output
     assert f"product: PRISMA L2D {NAME}; acquired {START}" in result.output
     assert "quality masks: invalid VNIR pixel, invalid SWIR pixel" in result.output
+
+
+def test_batch_pairs_a_prisma_product_by_the_date_in_its_time_stamp(prisma_case, tmp_path):
+    """PRISMA names carry YYYYMMDDhhmmss stamps: the date in them pairs the product and gives the days between."""
+    import shutil
+
+    from geolift.batch import pair_folders
+    from geolift.batch.report import job_result
+
+    hsi_dir, msi_dir = tmp_path / "prisma", tmp_path / "s2"
+    hsi_dir.mkdir()
+    msi_dir.mkdir()
+    shutil.copy(prisma_case["archive"], hsi_dir)
+    shutil.copy(prisma_case["msi"], msi_dir / "S2B_MSIL2A_20220724T101559_stack.tif")
+    shutil.copy(prisma_case["msi"], msi_dir / "S2A_MSIL2A_20220727T101031_stack.tif")
+    jobs, unmatched = pair_folders(hsi_dir, msi_dir, tmp_path / "out")
+    assert unmatched == [] and len(jobs) == 1
+    assert jobs[0].msi[0].endswith("20220724T101559_stack.tif") and job_result(jobs[0], "done").days_apart == 0

@@ -24,9 +24,10 @@ log = logging.getLogger("geolift")
 #: Raster files the folder-pairing mode looks at (ENVI headers are skipped: their data file is listed).
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".bsq", ".bil", ".bip", ".dat", ".envi")
 
-#: Default scene id: the first calendar date YYYYMMDD (also YYYY-MM-DD / YYYY_MM_DD) in a file name.
+#: Default scene id: the first calendar date YYYYMMDD (also YYYY-MM-DD / YYYY_MM_DD) in a file name, alone or as
+#: the start of a YYYYMMDDhhmmss time stamp (PRISMA's names).
 DATE_PATTERN = re.compile(
-    r"(?<!\d)((?:19|20)\d\d)[-_]?(0[1-9]|1[0-2])[-_]?(0[1-9]|[12]\d|3[01])(?!\d)"
+    r"(?<!\d)((?:19|20)\d\d)[-_]?(0[1-9]|1[0-2])[-_]?(0[1-9]|[12]\d|3[01])(?:(?!\d)|(?=\d{6}(?!\d)))"
 )
 
 

@@ -1,13 +1,15 @@
 """Satellite products as users download them, read as one :class:`~geolift.io.Scene` (one module per family).
 
-:func:`open_product` recognises a product from the path a user gives (its folder, its main metadata file, or the
-delivered ZIP, read through GDAL's ``/vsizip/`` and never unpacked) and returns the scene with the product's
+:func:`open_product` recognises a product from the path a user gives (its folder, its main metadata or data file --
+EnMAP/DESIS ``METADATA.XML``, PRISMA ``.he5``, EMIT ``.nc`` -- or the delivered ZIP, read through GDAL's ``/vsizip/``
+and never unpacked) and returns the scene with the product's
 wavelengths, FWHM, scaling, bad bands, quality masks and identity (name, sensor, level, acquisition time in the
 scene's tags). A path that is no known product gives None, and :func:`geolift.io.open_scene` reads it as a raster.
 """
 
 from __future__ import annotations
 
+from geolift.errors import InputError
 from geolift.io.paths import PathLike
 from geolift.io.products import desis, emit, enmap, prisma
 from geolift.io.read import Scene
@@ -32,6 +34,10 @@ def open_product(path: PathLike, *, require_wavelengths: bool = False, check_dat
 
 
 def is_product(path: PathLike) -> bool:
-    """Whether ``path`` is a product geolift reads (a folder or a ZIP of one), without opening its rasters."""
-    return any(reader.find(path) is not None for reader in READERS)
+    """Whether ``path`` is one product geolift reads, without opening its rasters (a folder holding several
+    products is not one: opening it says so)."""
+    try:
+        return any(reader.find(path) is not None for reader in READERS)
+    except InputError:
+        return False
 
