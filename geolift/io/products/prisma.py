@@ -72,6 +72,9 @@ def find(path: PathLike) -> Found | None:
             return None
         if not members:
             return None
+        if len(members) > 1:
+            raise InputError(f"{p} holds {len(members)} PRISMA files ({', '.join(members[:3])}); unpack one or give "
+                             "its own ZIP.")
         return _found(members[0], f"/vsizip/{os.path.abspath(p)}/{members[0]}")
     if p.is_file() and _FILE.search(p.name):
         return _found(p.name, str(p.resolve()))
