@@ -41,6 +41,7 @@ from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
 from geolift.io.products.common import finish, select_detectors
 from geolift.io.products.cubes import InterleavedCube, LookupTableGrid, gdal_layout
+from geolift.io.products.folders import local_path, zip_members
 from geolift.io.read import MaskLayer, Scene, _FileBands, _open_raster
 
 __all__ = ["find", "open"]
@@ -53,6 +54,17 @@ FILL = -9999.0
 #: EMIT's arrays are stored top row first, as its geotransform and GLT assume; GDAL's netCDF driver would otherwise
 #: flip a variable that has no coordinate axis, taking it for a bottom-up CF grid.
 TOP_DOWN = (("GDAL_NETCDF_BOTTOMUP", "NO"),)
+
+
+class _UnindexedDimensionNotice(logging.Filter):
+    """Drop GDAL's notice that a netCDF dimension has no coordinate variable: every EMIT file's ``bands`` has none,
+    and the notice (a rasterio log warning on each open) tells a user nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No 1D variable is indexed by dimension" not in record.getMessage()
+
+
+logging.getLogger("rasterio._env").addFilter(_UnindexedDimensionNotice())
 #: Mask-file bands that mask (matched by name, case-insensitively) -> the name geolift reports.
 MASK_FLAGS = {"cloud flag": "cloud", "cirrus flag": "cirrus", "dilated cloud flag": "dilated cloud",
               "spacecraft flag": "spacecraft"}
@@ -71,16 +83,11 @@ class Found:
 
 def find(path: PathLike) -> Found | None:
     """The granule at ``path`` (its reflectance ``.nc``, a folder holding one, or a ZIP of its files), or None."""
-    text = os.fspath(path)
-    if text.startswith("/vsi") or "://" in text:
+    p = local_path(path)
+    if p is None:
         return None
-    p = Path(text).expanduser()
-    if p.is_file() and p.suffix.lower() == ".zip":
-        try:
-            with zipfile.ZipFile(p) as archive:
-                names = [n for n in archive.namelist() if not n.endswith("/")]
-        except (zipfile.BadZipFile, OSError):
-            return None
+    names = zip_members(p)
+    if names is not None:
         found = _granule(names, p)
         if found is None:
             return None

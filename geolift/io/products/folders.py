@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
 
-__all__ = ["ProductFiles", "find_product_files", "metadata_root"]
+__all__ = ["ProductFiles", "find_product_files", "local_path", "metadata_root", "zip_members"]
 
 #: Raster files a product may deliver its layers in (GeoTIFF, or ENVI with a header).
 IMAGE_SUFFIXES = (".TIF", ".TIFF", ".BSQ", ".BIL", ".BIP")
@@ -42,12 +42,30 @@ class ProductFiles:
         return None
 
 
-def find_product_files(path: PathLike, metadata_name: re.Pattern[str], sensor: str) -> ProductFiles | None:
-    """The product at ``path`` whose metadata file's name matches ``metadata_name``, or None when it is not one."""
+def local_path(path: PathLike) -> Path | None:
+    """``path`` as a local path, or None for a GDAL virtual path or a URL (products are recognised on disk)."""
     text = os.fspath(path)
     if text.startswith("/vsi") or "://" in text:
         return None
-    p = Path(text).expanduser()
+    return Path(text).expanduser()
+
+
+def zip_members(path: Path) -> list[str] | None:
+    """The files inside the ZIP at ``path``, or None when ``path`` is no readable ZIP."""
+    if not (path.is_file() and path.suffix.lower() == ".zip"):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [n for n in archive.namelist() if not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def find_product_files(path: PathLike, metadata_name: re.Pattern[str], sensor: str) -> ProductFiles | None:
+    """The product at ``path`` whose metadata file's name matches ``metadata_name``, or None when it is not one."""
+    p = local_path(path)
+    if p is None:
+        return None
     if p.is_file() and p.suffix.lower() == ".zip":
         return _in_zip(p, metadata_name, sensor)
     if p.is_file() and metadata_name.search(p.name):
@@ -64,10 +82,8 @@ def find_product_files(path: PathLike, metadata_name: re.Pattern[str], sensor: s
 
 
 def _in_zip(archive_path: Path, metadata_name: re.Pattern[str], sensor: str) -> ProductFiles | None:
-    try:
-        with zipfile.ZipFile(archive_path) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/")]
-    except (zipfile.BadZipFile, OSError):
+    names = zip_members(archive_path)
+    if names is None:
         return None
     members = sorted(n for n in names if metadata_name.search(PurePosixPath(n).name))
     if not members:

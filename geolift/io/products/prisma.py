@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
 from geolift.io.products.common import finish, select_detectors
 from geolift.io.products.cubes import InterleavedCube, gdal_layout
+from geolift.io.products.folders import local_path, zip_members
 from geolift.io.read import MaskLayer, Scene, _FileBands, _open_raster
 
 __all__ = ["find", "open"]
@@ -60,16 +60,12 @@ class Found:
 
 def find(path: PathLike) -> Found | None:
     """The PRISMA product at ``path`` (its ``.he5`` file or the delivered ZIP holding one), or None."""
-    text = os.fspath(path)
-    if text.startswith("/vsi") or "://" in text:
+    p = local_path(path)
+    if p is None:
         return None
-    p = Path(text).expanduser()
-    if p.is_file() and p.suffix.lower() == ".zip":
-        try:
-            with zipfile.ZipFile(p) as archive:
-                members = [n for n in archive.namelist() if _FILE.search(Path(n).name)]
-        except (zipfile.BadZipFile, OSError):
-            return None
+    names = zip_members(p)
+    if names is not None:
+        members = [n for n in names if _FILE.search(Path(n).name)]
         if not members:
             return None
         if len(members) > 1:
