@@ -15,9 +15,47 @@ from geolift import srf
 from geolift.errors import InputError, MetadataError, SensorError
 from geolift.io import Scene
 
-__all__ = ["identify_bands", "msi_response_curves"]
+__all__ = ["identify_bands", "msi_product_choices", "msi_response_curves"]
 
 log = logging.getLogger("geolift")
+
+#: Spellings that name a sensor family rather than one spacecraft: they agree with any product of the family.
+FAMILY_SPELLINGS = {"sentinel2": {"sentinel2", "s2"}, "landsat": {"landsat"}}
+
+
+def msi_product_choices(msi: Scene, sensor: str | None, bands: Sequence[str] | None,
+                        srf_path: str | None = None) -> tuple[Scene, str | None, Sequence[str] | None, bool]:
+    """What an MSI product settles: its sensor (a ``--sensor`` must agree), ``--bands`` as a selection of its bands.
+
+    Returns the scene (restricted to the selected bands), the sensor, the band names still to identify (None: the
+    product's own names identify them) and whether bands the HSI does not cover are left out (by default a product
+    offers every band of its sensor, and the HSI decides which can be used). A raster that is no product passes
+    through unchanged.
+    """
+    product_sensor = msi.tags.get("srf_sensor")
+    if not product_sensor:
+        return msi, sensor, bands, False
+    label = f"{msi.tags.get('sensor', product_sensor)} product {msi.tags.get('product_name', msi.path)}"
+    if srf_path:
+        raise SensorError(f"The MSI is a {label}, whose spectral responses geolift takes from its library "
+                          f"({product_sensor}); leave out --srf.")
+    if sensor:
+        spelling = "".join(ch for ch in sensor.lower() if ch.isalnum())
+        family = msi.tags.get("sensor_family", "")
+        if spelling not in FAMILY_SPELLINGS.get(family, ()) and srf.load_sensor(sensor).name != product_sensor:
+            raise SensorError(f"--sensor {sensor} does not match the MSI, a {label} (SRF set {product_sensor}); "
+                              f"leave --sensor out or give {product_sensor}.")
+    log.info("MSI sensor %s from the product %s.", product_sensor, msi.tags.get("product_name", msi.path))
+    if not bands:
+        return msi, product_sensor, None, True
+    curves = srf.load_sensor(product_sensor)
+    have = [curves.resolve(name) for name in msi.band_names]
+    wanted = [curves.resolve(b) for b in bands]
+    missing = [b for b in wanted if b not in have]
+    if missing:
+        raise InputError(f"--bands asks for {', '.join(missing)}, which the {label} does not hold; it holds "
+                         f"{', '.join(have)}.")
+    return msi.take_bands(sorted(have.index(b) for b in wanted)), product_sensor, None, False
 
 
 

@@ -37,13 +37,16 @@ competes with GDAL's compression threads for the same cores.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import logging
 import math
 import os
+import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
@@ -58,9 +61,10 @@ from rasterio.windows import Window, from_bounds
 from geolift import align as coreg
 from geolift import blur, checks, qa, srf
 from geolift import refine as rf
-from geolift.bands import msi_response_curves
+from geolift.bands import msi_product_choices, msi_response_curves
 from geolift.errors import (
     AlignmentError,
+    GeoliftWarning,
     InconsistentPairError,
     InputError,
     ModelError,
@@ -144,6 +148,9 @@ class FuseReport:
     pair_check: dict[str, Any] = field(default_factory=dict)  # geolift.checks: the verdict, its causes and figures
     hsi_product: dict[str, str] = field(default_factory=dict)  # a product's name, sensor, level, acquisition time
     hsi_masked_pixels: dict[str, int] = field(default_factory=dict)  # pixels each of its quality masks flags
+    msi_product: dict[str, str] = field(default_factory=dict)  # the same for an MSI product
+    msi_masked_pixels: dict[str, int] = field(default_factory=dict)
+    days_apart: float | None = None  # between the two acquisitions, when both products give their times
     harmonized: bool = False
     training_pixels: int = 0
     train_seconds: float = 0.0
@@ -314,6 +321,42 @@ class PairObservation:
     report: FuseReport
 
 
+#: Days between the two acquisitions past which the log warns: the ground may have changed (crops, snow, water).
+MAX_DAYS_APART = 10
+
+
+def _report_msi_product(msi: Scene, report: FuseReport) -> None:
+    """An MSI product's identity and masks into the report; the two acquisition times and the days between."""
+    report.msi_product = {k: msi.tags[k] for k in ("product_name", "sensor", "processing_level", "acquisition_time")
+                          if k in msi.tags}
+    if "masked_pixels" in msi.tags:
+        report.msi_masked_pixels = json.loads(msi.tags["masked_pixels"])
+        total = msi.width * msi.height
+        log.info("MSI quality masks: %s pixels flagged (%s of the MSI; nodata in the output).", ", ".join(
+            f"{name} {count}" for name, count in report.msi_masked_pixels.items()) or "no",
+            f"{100 * min(1.0, sum(report.msi_masked_pixels.values()) / max(total, 1)):.1f}% at most")
+    times = [_acquired(p.get("acquisition_time", "")) for p in (report.hsi_product, report.msi_product)]
+    if all(times):
+        report.days_apart = round(abs((times[0] - times[1]).total_seconds()) / 86400.0, 2)
+        log.info("Acquired: HSI %s, MSI %s: %.1f days apart.", times[0].isoformat(), times[1].isoformat(),
+                 report.days_apart)
+        if report.days_apart > MAX_DAYS_APART:
+            warnings.warn(f"The HSI and the MSI were acquired {report.days_apart:.0f} days apart (more than "
+                          f"{MAX_DAYS_APART}): the ground may have changed between them (crops, water, snow).",
+                          GeoliftWarning, stacklevel=2)
+
+
+def _acquired(text: str) -> datetime.datetime | None:
+    """An ISO acquisition time as an aware UTC datetime (naive ones are taken as UTC), or None."""
+    text = text.strip().replace("Z", "+00:00")
+    text = re.sub(r"([+-]\d\d)(\d\d)$", r"\1:\2", text)  # +0000 -> +00:00
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+
+
 def observe_pair(
     hsi_source: PathLike | Sequence[PathLike],
     msi_source: PathLike | Sequence[PathLike],
@@ -340,12 +383,14 @@ def observe_pair(
         Path(msi.path).name, msi.width, msi.height, msi.count, report.msi_crs,
     )
 
-    curves, msi_band_names = msi_response_curves(msi, options.sensor, options.srf_path, options.bands)
+    msi, sensor, bands, drop_uncovered = msi_product_choices(msi, options.sensor, options.bands, options.srf_path)
+    _report_msi_product(msi, report)
+    curves, msi_band_names = msi_response_curves(msi, sensor, options.srf_path, bands)
     good = hsi.good_bands
     fwhm = hsi.fwhm_nm[good] if hsi.fwhm_nm is not None else None
     response = srf.build_response(
         curves, msi_band_names, hsi.wavelengths_nm[good], fwhm_nm=fwhm, units="nm",
-        drop_uncovered=options.drop_uncovered,
+        drop_uncovered=options.drop_uncovered or drop_uncovered,
     )
     band_indices = [msi_band_names.index(b) for b in response.bands]
     report.srf = curves.display_name
@@ -639,6 +684,7 @@ def write_fusion(
     options, report, hsi = plan.options, plan.report, plan.hsi
     grid = plan.grid
     keep_tags = {k: v for k, v in hsi.tags.items() if k not in ("AREA_OR_POINT",) and not k.startswith("geolift")}
+    keep_tags |= {f"msi_{k}": v for k, v in report.msi_product.items()}  # the MSI product's identity beside the HSI's
     stats = {"sq_error": 0.0, "sq_count": 0, "msi_sum": 0.0, "predict": 0.0}
     refined = getattr(plan, "correction", None) is not None
     report.correction_seconds = 0.0  # apply_correction adds to it (on this machine; not in batch tile tasks)

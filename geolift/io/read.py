@@ -124,17 +124,20 @@ class _FileBands:
 
 @dataclass(frozen=True)
 class MaskLayer:
-    """A product's quality layer on the scene grid: pixels where any of its bands is flagged are left out.
+    """A product's quality layer: pixels where any of its bands is flagged are left out.
 
-    A value is flagged when it is non-zero, or, with ``bits``, when it has any of those bits set (a packed
-    quality word). ``source`` reads it where GDAL alone cannot (see :class:`PixelSource`).
+    A value is flagged when it is non-zero; with ``bits``, when it has any of those bits set (a packed quality
+    word); with ``values``, when it is one of those classes (a scene classification). A layer on another grid than
+    the scene's (Sentinel-2's 20 m SCL under 10 m bands) is warped onto it, nearest neighbour. ``source`` reads it
+    where GDAL alone cannot (see :class:`PixelSource`; then it is on the scene grid).
     """
 
     name: str  # what it flags: "cloud", "cloud shadow", ...
-    path: str  # a single- or multi-band raster on the scene grid (GDAL path)
+    path: str  # a single- or multi-band raster (GDAL path)
     bits: int | None = None
     source: PixelSource | None = None
     bands: tuple[int, ...] | None = None  # 1-based bands of ``path``/``source`` to look at; None: all
+    values: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,13 +307,28 @@ class Scene:
             else:
                 with _open_raster(mask.path) as ds:
                     bands = list(mask.bands or range(1, ds.count + 1))
-                    flags = ds.read(bands, window=window, out_shape=(len(bands), *shape),
-                                    resampling=Resampling.nearest)
+                    on_grid = (ds.width, ds.height) == (self.width, self.height) and ds.transform.almost_equals(
+                        self.transform, precision=1e-6 * abs(self.transform.a))
+                    if on_grid or not self._is_georeferenced(ds):
+                        flags = ds.read(bands, window=window, out_shape=(len(bands), *shape),
+                                        resampling=Resampling.nearest)
+                    else:
+                        with WarpedVRT(ds, crs=self.crs, transform=self.transform, width=self.width,
+                                       height=self.height, resampling=Resampling.nearest) as vrt:
+                            flags = vrt.read(bands, window=window, out_shape=(len(bands), *shape),
+                                             resampling=Resampling.nearest)
         except RasterioError as exc:
             raise InputError(f"Reading the {mask.name} mask {mask.path} failed ({str(exc).splitlines()[0]}).") from exc
+        if mask.values is not None:
+            return np.isin(flags, np.asarray(mask.values)).any(axis=0)
         if mask.bits is not None:
             flags = flags & np.array(mask.bits).astype(flags.dtype)
         return (flags != 0).any(axis=0)
+
+    @staticmethod
+    def _is_georeferenced(ds) -> bool:
+        """A mask without a CRS (an HDF5 dataset of a product) is taken to be on the scene grid."""
+        return ds.crs is not None and not ds.transform.is_identity
 
     def _row_strips(self, fb: _FileBands, win: Window, n_bands: int) -> list[tuple[int, int]]:
         """Row ranges (relative to ``win``) that read a large window in pieces of about

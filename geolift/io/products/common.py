@@ -55,7 +55,13 @@ def select_detectors(scene: Scene, detectors: Sequence[str], overlap: str) -> Sc
 
 
 def finish(scene: Scene, *, label: str, check_data: bool) -> Scene:
-    """Flag empty bands bad, count each mask's flagged pixels (tag ``masked_pixels``), refuse an empty product."""
+    """Flag empty bands bad, count each mask's flagged pixels (tag ``masked_pixels``), refuse an empty product.
+
+    Every reader's scene carries the tags ``product_name``, ``sensor`` (for display), ``processing_level`` and
+    ``acquisition_time``; an MSI product's also ``srf_sensor`` (its SRF library name, e.g. ``sentinel2b``) and
+    ``sensor_family`` (``sentinel2``, ``landsat``), with sensor band names (``B2``, ``B8A``) and values in
+    reflectance (its scaling applied).
+    """
     scene = replace(scene, good_bands=_bands_with_data(scene))
     if check_data:
         whole = Window(0, 0, scene.width, scene.height)
@@ -65,7 +71,7 @@ def finish(scene: Scene, *, label: str, check_data: bool) -> Scene:
             raise InputError(f"The {label} product {scene.tags.get('product_name', '')} has no valid pixel "
                              "(after its quality masks).")
     tags = scene.tags
-    log.info("HSI product: %s %s %s, acquired %s; quality masks: %s.", tags.get("sensor"),
+    log.info("Product: %s %s %s, acquired %s; quality masks: %s.", tags.get("sensor"),
              tags.get("processing_level"), tags.get("product_name"),
              tags.get("acquisition_time") or "at an unknown time", ", ".join(m.name for m in scene.masks) or "none")
     return scene
