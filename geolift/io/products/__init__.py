@@ -9,15 +9,15 @@ scene's tags). A path that is no known product gives None, and :func:`geolift.io
 
 from __future__ import annotations
 
-from geolift.errors import InputError
+from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
-from geolift.io.products import desis, emit, enmap, prisma
+from geolift.io.products import desis, emit, enmap, prisma, sentinel2
 from geolift.io.read import Scene
 
 __all__ = ["is_product", "open_product"]
 
 #: Readers in the order they are tried; each has ``find(path)`` and ``open(found, ...)``.
-READERS = (enmap, prisma, desis, emit)
+READERS = (enmap, prisma, desis, emit, sentinel2)
 
 
 def open_product(path: PathLike, *, require_wavelengths: bool = False, check_data: bool = True,
@@ -29,7 +29,11 @@ def open_product(path: PathLike, *, require_wavelengths: bool = False, check_dat
     for reader in READERS:
         found = reader.find(path)
         if found is not None:
-            return reader.open(found, check_data=check_data, overlap=overlap)
+            scene = reader.open(found, check_data=check_data, overlap=overlap)
+            if require_wavelengths and scene.wavelengths_nm is None:
+                raise MetadataError(f"{path} is a multispectral {scene.tags.get('sensor', '')} product; the first "
+                                    "input must be the hyperspectral scene.")
+            return scene
     return None
 
 
