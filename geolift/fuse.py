@@ -103,6 +103,7 @@ class FuseOptions:
     srf_path: str | None = None  # custom SRF CSV
     drop_uncovered: bool = False  # drop MSI bands the HSI range does not cover (else an error)
     overlap: str = "keep"  # a two-detector HSI product's overlap bands: "keep" both, or only "vnir" or "swir"
+    resolution: float | None = None  # the MSI grid's pixel size (e.g. 20 for Sentinel-2's 20 m); None: its finest
     preset: str = DEFAULT_PRESET  # "geolift" (sampled training + consistency step); "spectralift": the paper's
     steps: int | None = None  # None: the preset's
     seed: int = 0
@@ -384,6 +385,13 @@ def observe_pair(
     )
 
     msi, sensor, bands, drop_uncovered = msi_product_choices(msi, options.sensor, options.bands, options.srf_path)
+    if options.resolution is not None:
+        if options.resolution < min(msi.res) * (1 - 1e-9):
+            raise InputError(f"--resolution {options.resolution:g} is finer than the MSI's finest grid "
+                             f"({min(msi.res):g}); geolift does not invent detail.")
+        msi = msi.regrid(options.resolution)
+        log.info("MSI on a %g grid (%d x %d px): finer bands averaged onto it.", options.resolution, msi.width,
+                 msi.height)
     _report_msi_product(msi, report)
     curves, msi_band_names = msi_response_curves(msi, sensor, options.srf_path, bands)
     good = hsi.good_bands

@@ -251,3 +251,25 @@ def test_real_sentinel2_l1c_band_files_read_through_a_safe_tree(tmp_path):
     finite = data[np.isfinite(data)]
     low, high = np.percentile(finite, [1, 99])
     assert -0.01 < low and high < 1.2  # top-of-atmosphere reflectance from real DN / 10000
+
+
+def test_resolution_20_puts_every_band_on_the_20m_grid(s2_case, tmp_path):
+    """--resolution 20: the output is on the 20 m grid; a 10 m band arrives there as the mean of its 2 x 2 pixels."""
+    from geolift import fuse
+
+    observation = fuse.observe_pair(s2_case["hsi"], [str(s2_case["safe"])], fuse.FuseOptions(resolution=20.0))
+    msi = observation.msi
+    assert msi.res == (20.0, 20.0) and (msi.width, msi.height) == (64, 32)
+    b4 = list(msi.band_names).index("B4")
+    fine = open_scene(s2_case["safe"]).read(bands=[b4])[0]
+    coarse = msi.read(bands=[b4])[0]
+    means = fine.reshape(32, 2, 64, 2).mean(axis=(1, 3))
+    both = np.isfinite(coarse) & np.isfinite(means)
+    np.testing.assert_allclose(coarse[both], means[both], atol=1e-6)
+    assert observation.report.msi_product["sensor"] == "Sentinel-2A"  # a one-path list is still the product
+    result, out, _ = _fuse([s2_case["hsi"], s2_case["safe"], "--resolution", "20"], tmp_path, "r20")
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        assert ds.res == (20.0, 20.0)
+    finer, _, _ = _fuse([s2_case["hsi"], s2_case["safe"], "--resolution", "5"], tmp_path, "r5")
+    assert finer.exit_code == 2 and "finer than the MSI's finest grid" in finer.output

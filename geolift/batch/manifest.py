@@ -23,7 +23,7 @@ __all__ = ["MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "read_manifest"]
 #: batch-wide options for one job (an empty cell keeps the batch-wide value).
 MANIFEST_COLUMNS = (
     "hsi", "msi", "sensor", "bands", "output", "srf", "steps", "seed", "preset", "harmonize", "align",
-    "drop_uncovered", "dtype", "compress", "tile_size", "device", "overlap",
+    "drop_uncovered", "dtype", "compress", "tile_size", "device", "overlap", "resolution",
 )
 REQUIRED_COLUMNS = ("hsi", "msi")
 
@@ -54,6 +54,16 @@ def _parse_int(value: str, column: str, minimum: int | None = None) -> int:
         raise ValueError(f"column {column!r} must be a whole number, got {value!r}") from None
     if minimum is not None and number < minimum:
         raise ValueError(f"column {column!r} must be at least {minimum}, got {number}")
+    return number
+
+
+def _parse_positive_float(value: str, column: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ValueError(f"column {column!r} must be a number, got {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"column {column!r} must be positive, got {value!r}")
     return number
 
 
@@ -92,6 +102,8 @@ def _row_options(row: dict[str, str], defaults: FuseOptions, base: Path) -> Fuse
             changes["dtype"] = _parse_choice(value, column, _DTYPES)
         elif column == "compress":
             changes["compress"] = _parse_choice(value, column, tuple(COMPRESSIONS))
+        elif column == "resolution":
+            changes["resolution"] = _parse_positive_float(value, column)
         elif column == "overlap":
             changes["overlap"] = _parse_choice(value, column, OVERLAP_CHOICES)
         elif column in ("preset", "device"):

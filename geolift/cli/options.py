@@ -45,6 +45,10 @@ class PairChoices:
     drop_uncovered: Annotated[bool, typer.Option(
         "--drop-uncovered",
         help="Leave out MSI bands the HSI's spectral range does not cover (else an error).")] = False
+    resolution: Annotated[Optional[float], typer.Option(
+        "--resolution", min=0.001,
+        help="The MSI grid's pixel size, in its CRS units (e.g. 20 for Sentinel-2's 20 m grid; finer bands are "
+        "averaged onto it). Default: the MSI's finest band.")] = None
     overlap: Annotated[Overlap, typer.Option(
         "--overlap", help="Where an HSI product's VNIR and SWIR detectors overlap (EnMAP, PRISMA): keep both "
         "detectors' bands, or only vnir's or swir's there.")] = Overlap.keep
@@ -67,7 +71,7 @@ class PairChoices:
         return FuseOptions(
             sensor=self.sensor, bands=srf.parse_band_list(self.bands),
             srf_path=str(self.srf_csv) if self.srf_csv else None, drop_uncovered=self.drop_uncovered,
-            overlap=self.overlap.value,
+            overlap=self.overlap.value, resolution=self.resolution,
             steps=self.steps, seed=self.seed, device=self.device, align=not self.no_align, harmonize=self.harmonize,
             dtype=output.dtype.value if output.dtype else None, compress=output.compress.value,
             tile_size=output.tile_size, strict=output.strict,

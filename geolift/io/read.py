@@ -223,6 +223,30 @@ class Scene:
                        paths=tuple(dict.fromkeys(fb.path for fb in files)), files=tuple(files),
                        tags=dict(self.tags))
 
+    def regrid(self, resolution: float) -> Scene:
+        """The scene on a grid of ``resolution`` (CRS units) from the same corner: each band file is read onto it,
+        averaged when it is finer (Sentinel-2's 10 m bands on a 20 m grid), resampled as before when coarser."""
+        if resolution <= 0 or abs(self.transform.b) > 0 or abs(self.transform.d) > 0:
+            raise InputError(f"Cannot put {self.path} on a {resolution:g} grid (a positive size on a north-up grid).")
+        if abs(resolution - self.res[0]) <= 1e-9 * resolution and abs(resolution - self.res[1]) <= 1e-9 * resolution:
+            return self
+        width = int(self.width * self.res[0] / resolution + 1e-9)
+        height = int(self.height * self.res[1] / resolution + 1e-9)
+        if width < 1 or height < 1:
+            raise InputError(f"A {resolution:g} grid is coarser than the whole of {self.path}.")
+        transform = Affine(resolution, 0.0, self.transform.c, 0.0, math.copysign(resolution, self.transform.e),
+                           self.transform.f)
+        files = []
+        for fb in self.files:
+            if fb.source is not None:
+                raise InputError(f"{self.path} is read through a lookup table and cannot be put on another grid.")
+            with _open_raster(fb.path) as ds:
+                file_res, same = abs(ds.transform.a), (ds.width, ds.height) == (width, height) and \
+                    ds.transform.almost_equals(transform, precision=1e-6 * resolution)
+            files.append(replace(fb, on_grid=same,
+                                 resampling="average" if file_res < resolution * (1 - 1e-9) else fb.resampling))
+        return replace(self, transform=transform, width=width, height=height, files=tuple(files), tags=dict(self.tags))
+
     def block_windows(self, size: int = 512) -> Iterator[Window]:
         """Windows of at most ``size`` x ``size`` pixels covering the scene, row by row."""
         return block_windows(self.width, self.height, size)
@@ -548,14 +572,14 @@ def open_scene(
     where a product's two detectors overlap ("keep" both, "vnir" or "swir"; plain rasters have no detectors).
     """
     single = isinstance(source, (str, os.PathLike))
-    if single:
+    raw_paths = [source] if single else list(source)
+    if len(raw_paths) == 1 and isinstance(raw_paths[0], (str, os.PathLike)):  # a product is one path, alone
         from geolift.io.products import open_product  # products build on this module
 
-        product = open_product(source, require_wavelengths=require_wavelengths, check_data=check_data,
+        product = open_product(raw_paths[0], require_wavelengths=require_wavelengths, check_data=check_data,
                                overlap=overlap)
         if product is not None:
             return product
-    raw_paths = [source] if single else list(source)
     if not raw_paths:
         raise InputError("No input file given.")
     _resampling(resampling)  # fail early on a bad name
