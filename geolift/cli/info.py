@@ -47,7 +47,10 @@ def info(
                        f"{product.get('product_name', '')}; acquired {product.get('acquisition_time') or 'unknown'}")
         typer.echo(f"files: {', '.join(facts['files'])}")
         typer.echo(f"grid: {scene.width} x {scene.height} px of {scene.res[0]:g} x {scene.res[1]:g} in {facts['crs']}")
-        typer.echo(f"bands: {scene.count}; wavelengths from {scene.wavelength_source or 'nowhere (none found)'}; "
+        spectral = (f"wavelengths from {scene.wavelength_source}" if scene.wavelength_source else
+                    f"bands named by the product (SRF set {scene.tags['srf_sensor']})" if "srf_sensor" in scene.tags
+                    else "wavelengths from nowhere (none found)")
+        typer.echo(f"bands: {scene.count}; {spectral}; "
                    f"bad bands: {', '.join(map(str, facts['bad_bands'])) or 'none'}; "
                    f"quality masks: {', '.join(facts['masks']) or 'none'}")
         for row in facts["band_table"]:
