@@ -273,3 +273,20 @@ def test_resolution_20_puts_every_band_on_the_20m_grid(s2_case, tmp_path):
         assert ds.res == (20.0, 20.0)
     finer, _, _ = _fuse([s2_case["hsi"], s2_case["safe"], "--resolution", "5"], tmp_path, "r5")
     assert finer.exit_code == 2 and "finer than the MSI's finest grid" in finer.output
+
+
+def test_batch_pairs_safe_products_in_the_msi_folder_by_date(s2_case, tmp_path):
+    from geolift.batch import pair_folders
+    from geolift.batch.report import job_result
+
+    hsi_dir, msi_dir = tmp_path / "hsi", tmp_path / "s2"
+    hsi_dir.mkdir()
+    msi_dir.mkdir()
+    shutil.copy(s2_case["hsi"], hsi_dir / "ENMAP_20220724_scene.tif")
+    shutil.copy(s2_case["zip"], msi_dir)  # the ZIP as downloaded
+    shutil.copytree(s2_case["safe"], msi_dir / s2_case["safe"].name.replace("20220727T101031_N", "20220810T101031_N"))
+    jobs, unmatched = pair_folders(hsi_dir, msi_dir, tmp_path / "out")
+    assert unmatched == [] and len(jobs) == 1
+    # no MSI has the HSI's date, so the footprint decides; both cover it alike: the first in name order (the ZIP)
+    assert list(jobs[0].msi) == [str(msi_dir / s2_case["zip"].name)]
+    assert job_result(jobs[0], "done").days_apart == 3
