@@ -218,3 +218,15 @@ def test_fuse_takes_the_overlap_choice_and_writes_only_the_kept_bands(enmap_case
     refused = CliRunner().invoke(app, ["fuse", str(folder), str(msi), "--sensor", "sentinel2", "--overlap", "both",
                                        "-o", str(tmp_path / "x.tif")])
     assert refused.exit_code == 2 and "--overlap" in refused.output
+
+
+def test_batch_refuses_a_product_folder_given_as_the_folder_of_scenes(enmap_case, tmp_path):
+    """An unpacked product's folder holds one scene's layers: pairing it file by file would make a job of each."""
+    from geolift.batch import pair_folders
+    from geolift.errors import BatchError
+
+    msi_dir = tmp_path / "s2"
+    msi_dir.mkdir()
+    shutil.copy(enmap_case[2], msi_dir)
+    with pytest.raises(BatchError, match="is itself a product"):
+        pair_folders(enmap_case[0], msi_dir, tmp_path / "out")

@@ -62,6 +62,8 @@ def _raster_files(folder: Path, glob: str) -> list[Path]:
     """The rasters of a folder: files with a raster suffix, and products as delivered (folders, ZIPs)."""
     if not folder.is_dir():
         raise BatchError(f"{folder} is not a folder.")
+    if is_product(folder):  # its files are one product's layers, not scenes of their own
+        raise BatchError(f"{folder} is itself a product; give the folder that holds the products.")
     return sorted(p for p in folder.glob(glob)
                   if (p.is_file() and p.suffix.lower() in RASTER_SUFFIXES) or is_product(p))
 
