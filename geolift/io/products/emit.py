@@ -1,8 +1,10 @@
 """EMIT Level 2A surface reflectance (NASA JPL, on the ISS): the reflectance netCDF, orthorectified through its GLT.
 
 What is read (EMIT Data Product User Guide, L2A reflectance and mask; file names
-``EMIT_L2A_RFL_<version>_<YYYYMMDDTHHMMSS>_<orbit>_<scene>.nc``), pixels through GDAL's netCDF driver, small
-metadata with h5py (a netCDF-4 file is an HDF5 file; GDAL's raster view has no string variables):
+``EMIT_L2A_RFL_<version>_<YYYYMMDDTHHMMSS>_<orbit>_<scene>.nc``). A netCDF-4 file is an HDF5 file: the cube and the
+small metadata are read with h5py, one hyperslab per window (GDAL's netCDF driver shows the cube band by band and
+reads every chunk once per band, 14 times slower here; its raster view also has no string variables); the lookup
+tables go through GDAL's netCDF driver:
 
 * ``reflectance`` (downtrack, crosstrack, bands), float32, fill -9999: the cube in swath geometry.
 * ``sensor_band_parameters/wavelengths`` and ``fwhm`` (nm); ``good_wavelengths`` = 0 marks a band bad (the
@@ -40,7 +42,7 @@ from rasterio.errors import CRSError
 from geolift.errors import InputError, MetadataError
 from geolift.io.paths import PathLike
 from geolift.io.products.common import finish, select_detectors
-from geolift.io.products.cubes import InterleavedCube, LookupTableGrid, gdal_layout
+from geolift.io.products.cubes import HDF5Cube, LookupTableGrid
 from geolift.io.products.folders import local_path, zip_members
 from geolift.io.read import MaskLayer, Scene, _FileBands, _open_raster
 
@@ -183,11 +185,11 @@ def open(found: Found, check_data: bool = True, overlap: str = "keep") -> Scene:
     subdatasets = _subdatasets(found.reflectance)
     cube = _variable(subdatasets, "reflectance", where)
     glt_x, glt_y = _variable(subdatasets, "location/glt_x", where), _variable(subdatasets, "location/glt_y", where)
-    swath = _cube(cube, wavelengths.size, where)
+    swath = _cube(found, 0, "reflectance", wavelengths.size)
     with _open_raster(glt_x) as ds:
         height, width = ds.height, ds.width
     count = wavelengths.size
-    source = LookupTableGrid(swath, glt_x, glt_y, FILL)
+    source = LookupTableGrid(swath, glt_x, glt_y, FILL, TOP_DOWN)
     names = tuple(f"{w:.2f} nm" for w in wavelengths)
     scene = Scene(paths=(cube,), crs=crs, transform=Affine.from_gdal(*geotransform), width=width, height=height,
                   count=count, dtypes=("float32",) * count, nodata=(FILL,) * count, scales=np.ones(count),
@@ -214,8 +216,8 @@ def _masks(found: Found, glt_x: str, glt_y: str) -> tuple[MaskLayer, ...]:
         raise MetadataError(f"{found.mask} has none of the mask bands geolift uses ({', '.join(MASK_FLAGS)}); it "
                             f"has {', '.join(labels)}.")
     path = _variable(_subdatasets(found.mask), "mask", found.mask)
-    swath = _cube(path, len(labels), found.mask)
-    source = LookupTableGrid(swath, glt_x, glt_y, 0.0)  # outside the swath: not flagged (the data is nodata there)
+    swath = _cube(found, 1, "mask", len(labels))
+    source = LookupTableGrid(swath, glt_x, glt_y, 0.0, TOP_DOWN)  # outside the swath: not flagged (nodata there)
     return tuple(MaskLayer(name, path, source=source, bands=(band,)) for band, name in wanted)
 
 
@@ -233,10 +235,13 @@ def _variable(subdatasets: list[str], name: str, where: str) -> str:
     raise MetadataError(f"{where} has no variable {name}; it is not an EMIT L2A file, or it is damaged.")
 
 
-def _cube(path: str, count: int, where: str) -> InterleavedCube:
-    with _open_raster(path) as ds:
-        shape = (ds.count, ds.height, ds.width)
-    try:
-        return InterleavedCube(path, count, gdal_layout(shape, count), TOP_DOWN)
-    except ValueError as exc:
-        raise MetadataError(f"{where}: the cube does not match its {count} listed bands ({exc}).") from None
+def _cube(found: Found, which: int, variable: str, count: int) -> HDF5Cube:
+    """The (downtrack, crosstrack, bands) variable of the reflectance (0) or mask (1) file, checked, for h5py."""
+    where = (found.reflectance, found.mask)[which]
+    with _hdf5(found, which) as f:
+        shape = f[variable].shape if variable in f else None
+    if shape is None or len(shape) != 3 or shape[2] != count:
+        raise MetadataError(f"{where}: {variable} is {shape}, not (downtrack, crosstrack, {count} bands).")
+    if found.archive is not None:
+        return HDF5Cube(found.members[which], variable, count, found.archive)
+    return HDF5Cube(where, variable, count)
