@@ -1,9 +1,10 @@
 """What reading a product as delivered costs, against the same pixels as a tiled GeoTIFF (one run, one machine).
 
 PRISMA's cubes are stored band-interleaved by line in HDF5 and read through GDAL with a transposing pixel source;
-EMIT's are in swath geometry, read with h5py and placed on the map grid through the GLT, window by window. Both are compared with reading the same
-values from a tiled, deflate-compressed GeoTIFF (band-sequential), the form a converted product would have: open,
-a full read in 512 x 512 windows (as geolift's pipeline reads), and one 64 x 64 window of 20 bands.
+EMIT's are in swath geometry, read with h5py and placed on the map grid through the GLT, window by window. Both are
+compared with reading the same values from a tiled, deflate-compressed GeoTIFF (band-sequential), the form a
+converted product would have: open, a full read in 512 x 512 windows (as geolift's pipeline reads), and one
+64 x 64 window of 20 bands.
 
     python benchmarks/product_reading.py [--size 600] [--repeat 3]
 

@@ -6,6 +6,7 @@ EnMAP cube, :data:`BerlinPair` names the bundled Berlin pair.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,3 +127,18 @@ def box_response(n_msi: int, n_hsi: int) -> np.ndarray:
     for i, part in enumerate(np.array_split(np.arange(n_hsi), n_msi)):
         R[i, part] = 1.0 / len(part)
     return R
+
+
+def run_fuse(args: Sequence, tmp_path: Path, label: str, steps: int = 60):
+    """``geolift fuse ARGS`` through typer's runner, writing ``<label>.tif`` and ``<label>.json`` in ``tmp_path``:
+    (result, output path, report or None when it failed)."""
+    from typer.testing import CliRunner
+
+    from geolift.cli import _register_commands, app
+
+    _register_commands()
+    out = tmp_path / f"{label}.tif"
+    result = CliRunner().invoke(app, ["fuse", *map(str, args), "--steps", str(steps), "-o", str(out), "--progress",
+                                      "none", "--report", str(tmp_path / f"{label}.json")])
+    report = json.loads((tmp_path / f"{label}.json").read_text()) if result.exit_code == 0 else None
+    return result, out, report

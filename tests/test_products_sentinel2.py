@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import read_potsdam_cube, write_tif
+from helpers import read_potsdam_cube, run_fuse, write_tif
 from typer.testing import CliRunner
 
 from geolift import evaluate, srf
@@ -168,22 +168,11 @@ def test_the_baseline_decides_the_offset_and_a_missing_offset_is_refused(s2_case
         open_scene(truncated)
 
 
-def _fuse(args, tmp_path, label):
-    from geolift.cli import _register_commands, app
-
-    _register_commands()
-    out = tmp_path / f"{label}.tif"
-    result = CliRunner().invoke(app, ["fuse", *map(str, args), "--steps", "60", "-o", str(out), "--progress", "none",
-                                      "--report", str(tmp_path / f"{label}.json")])
-    report = json.loads((tmp_path / f"{label}.json").read_text()) if result.exit_code == 0 else None
-    return result, out, report
-
-
 def test_fuse_takes_sensor_bands_offset_and_clouds_from_the_product(s2_case, tmp_path):
     """No --sensor, no --bands: the product says Sentinel-2A and names its bands; with its offset applied the
     band-agreement fits are gain about 1 and intercept about 0 (without it every intercept is 0.1 off); its clouds
     are nodata in the output."""
-    result, out, report = _fuse([s2_case["hsi"], s2_case["zip"]], tmp_path, "product")
+    result, out, report = run_fuse([s2_case["hsi"], s2_case["zip"]], tmp_path, "product")
     assert result.exit_code == 0, result.output
     assert report["msi_product"]["sensor"] == "Sentinel-2A" and report["msi_bands"] == BANDS
     assert report["msi_masked_pixels"]["cloud"] == 16
@@ -198,7 +187,7 @@ def test_fuse_takes_sensor_bands_offset_and_clouds_from_the_product(s2_case, tmp
     pretend = make_safe(tmp_path / "pretend", s2_case["hr_msi"], s2_case["crs"], s2_case["origin"])
     mtd = pretend / "MTD_MSIL2A.xml"
     mtd.write_text(mtd.read_text().replace("04.00", "02.14").replace(f">{OFFSET}<", ">0<"))
-    result, _, report = _fuse([s2_case["hsi"], pretend], tmp_path, "no_offset")
+    result, _, report = run_fuse([s2_case["hsi"], pretend], tmp_path, "no_offset")
     assert result.exit_code == 0, result.output
     unscaled = np.array([(b["gain"], b["offset"]) for b in report["band_agreement"]])
     # An offset left out shifts every MSI value by +0.1: the fit's intercepts must take 0.1 x gain back off.
@@ -207,14 +196,14 @@ def test_fuse_takes_sensor_bands_offset_and_clouds_from_the_product(s2_case, tmp
 
 
 def test_sensor_and_bands_given_for_a_product_must_agree_with_it(s2_case, tmp_path):
-    result, _, report = _fuse([s2_case["hsi"], s2_case["safe"], "--sensor", "sentinel2", "--bands", "B2,B3,B4,B8"],
+    result, _, report = run_fuse([s2_case["hsi"], s2_case["safe"], "--sensor", "sentinel2", "--bands", "B2,B3,B4,B8"],
                               tmp_path, "chosen")
     assert result.exit_code == 0, result.output
     assert report["msi_bands"] == ["B2", "B3", "B4", "B8"]
-    refused, _, _ = _fuse([s2_case["hsi"], s2_case["safe"], "--sensor", "sentinel2b"], tmp_path, "other")
+    refused, _, _ = run_fuse([s2_case["hsi"], s2_case["safe"], "--sensor", "sentinel2b"], tmp_path, "other")
     assert refused.exit_code == 2
     assert "--sensor sentinel2b does not match" in refused.output and "sentinel2a" in refused.output
-    missing, _, _ = _fuse([s2_case["hsi"], s2_case["safe"], "--bands", "B2,B10"], tmp_path, "missing")
+    missing, _, _ = run_fuse([s2_case["hsi"], s2_case["safe"], "--bands", "B2,B10"], tmp_path, "missing")
     assert missing.exit_code == 2 and "B10, which the Sentinel-2A product" in missing.output
 
 
@@ -267,11 +256,11 @@ def test_resolution_20_puts_every_band_on_the_20m_grid(s2_case, tmp_path):
     both = np.isfinite(coarse) & np.isfinite(means)
     np.testing.assert_allclose(coarse[both], means[both], atol=1e-6)
     assert observation.report.msi_product["sensor"] == "Sentinel-2A"  # a one-path list is still the product
-    result, out, _ = _fuse([s2_case["hsi"], s2_case["safe"], "--resolution", "20"], tmp_path, "r20")
+    result, out, _ = run_fuse([s2_case["hsi"], s2_case["safe"], "--resolution", "20"], tmp_path, "r20")
     assert result.exit_code == 0, result.output
     with rasterio.open(out) as ds:
         assert ds.res == (20.0, 20.0)
-    finer, _, _ = _fuse([s2_case["hsi"], s2_case["safe"], "--resolution", "5"], tmp_path, "r5")
+    finer, _, _ = run_fuse([s2_case["hsi"], s2_case["safe"], "--resolution", "5"], tmp_path, "r5")
     assert finer.exit_code == 2 and "finer than the MSI's finest grid" in finer.output
 
 

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import read_potsdam_cube, write_tif
-from typer.testing import CliRunner
+from helpers import read_potsdam_cube, run_fuse, write_tif
 
 from geolift import evaluate, srf
 from geolift.errors import InputError, MetadataError, SensorError
@@ -376,19 +375,8 @@ def test_a_broken_or_unusable_item_is_one_clear_error(s2_item, tmp_path):
     assert open_scene(one).tags["product_name"] == ITEM_ID  # a saved search holding one item is that item
 
 
-def _fuse(args, tmp_path, label):
-    from geolift.cli import _register_commands, app
-
-    _register_commands()
-    out = tmp_path / f"{label}.tif"
-    result = CliRunner().invoke(app, ["fuse", *map(str, args), "--steps", "60", "-o", str(out), "--progress", "none",
-                                      "--report", str(tmp_path / f"{label}.json")])
-    report = json.loads((tmp_path / f"{label}.json").read_text()) if result.exit_code == 0 else None
-    return result, out, report
-
-
 def test_fuse_takes_the_sensor_bands_scaling_and_clouds_from_the_item(s2_item, tmp_path):
-    result, out, report = _fuse([s2_item["hsi"], s2_item["item"]], tmp_path, "item")
+    result, out, report = run_fuse([s2_item["hsi"], s2_item["item"]], tmp_path, "item")
     assert result.exit_code == 0, result.output
     assert report["msi_product"] == {"product_name": ITEM_ID, "sensor": "Sentinel-2A", "processing_level": "L2A",
                                      "acquisition_time": START}
@@ -405,11 +393,11 @@ def test_fuse_takes_the_sensor_bands_scaling_and_clouds_from_the_item(s2_item, t
     # agreement fit (HSI ~ gain x MSI + offset) has to take back off, band by band.
     harmonised = _rewrite(s2_item["item"], Path("harmonised_fuse.json"),
                           lambda i: i["properties"].update({"earthsearch:boa_offset_applied": True}))
-    result, _, shifted = _fuse([s2_item["hsi"], harmonised], tmp_path, "shifted")
+    result, _, shifted = run_fuse([s2_item["hsi"], harmonised], tmp_path, "shifted")
     assert result.exit_code == 0, result.output
     drops = [a["offset"] - b["offset"] for a, b in zip(report["band_agreement"], shifted["band_agreement"])]
     assert all(0.08 < drop < 0.11 for drop in drops), drops
-    refused, _, _ = _fuse([s2_item["hsi"], s2_item["item"], "--sensor", "sentinel2b"], tmp_path, "other")
+    refused, _, _ = run_fuse([s2_item["hsi"], s2_item["item"], "--sensor", "sentinel2b"], tmp_path, "other")
     assert refused.exit_code == 2
     assert "--sensor sentinel2b does not match" in refused.output and "sentinel2a" in refused.output
 
