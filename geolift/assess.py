@@ -116,10 +116,7 @@ def assess(hsi_source, msi_source, options: fuse.FuseOptions | None = None,
         model = SpectraLift(preset=method, seed=options.seed, device=options.device,
                             **({"steps": options.steps} if options.steps else {}))
         with torch_threads(options.torch_threads):
-            x0 = model.fit(lr, R).predict(msi)
-            if model.consistency:
-                x0, _, _ = rf.refine(x0, lr, msi, R, ratio=factor, value_range=model.data_range)
-        predictions[method] = x0
+            predictions[method] = model.fit(lr, R).predict(msi, ratio=factor)  # with the recipe's consistency step
         log.info("Assess: %s fused.", method)
     wavelengths = pair.hsi.wavelengths_nm[pair.hsi.good_bands]
     groups = {"all": np.ones(wavelengths.size, bool), "VNIR": wavelengths < VNIR_END_NM,

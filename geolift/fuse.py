@@ -55,7 +55,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from affine import Affine
 from rasterio.windows import Window, from_bounds
 
 from geolift import align as coreg
@@ -82,16 +81,8 @@ PathLike = str | Path
 #: HSI rows aggregated at a time when the HR-MSI is averaged onto the HSI grid (bounds memory).
 AGGREGATION_STRIP_ROWS = 32
 
-#: The blur is estimated on a central window of at most this many output pixels per side (cheap, and plenty).
-PSF_WINDOW = 1024
-
-#: Output rows handed to the consistency step at a time: its float64 temporaries stay ~50 MB per 200 bands.
-REFINE_STRIP_ROWS = 64
-
-#: Pass 1 of the consistency step reads the output grid in windows of this size, whatever ``tile_size`` is: the
-#: LR sums are added window by window, and a fixed split (and order) keeps their rounding, and so the output, the
-#: same for every tile size and in ``geolift batch``.
-REFINE_WINDOW = 512
+#: The consistency step's windows (:mod:`geolift.refine`, shared with the library's in-memory form).
+PSF_WINDOW, REFINE_STRIP_ROWS, REFINE_WINDOW = rf.PSF_WINDOW, rf.REFINE_STRIP_ROWS, rf.REFINE_WINDOW
 
 
 @dataclass(frozen=True)
@@ -247,7 +238,7 @@ class FusionPlan:
         """
         window = _int_window(window)
         msi_block, covered = self._model_input(window)
-        fused_good = self.model.predict(msi_block)
+        fused_good = self.model.predict(msi_block, consistency=False)  # the correction is added below
         correction_rms = None
         if qa and self.correction is not None:
             correction_rms = np.full((window.height, window.width), np.nan, np.float32)
@@ -493,7 +484,7 @@ def prepare_fusion(
              report.training_pixels, model.preset, model.steps, options.seed, options.device)
     started = time.perf_counter()
     with torch_threads(options.torch_threads):
-        model.fit(lr_hsi, response.matrix, progress=progress)
+        model.fit(lr_hsi, response.matrix, progress=progress, keep_lr_hsi=False)  # pass 1 below, window by window
     report.train_seconds = time.perf_counter() - started
     log.info("Trained in %.1f s (final L1 loss %.4g).", report.train_seconds,
              model.history[-1] if len(model.history) else math.nan)
@@ -572,7 +563,8 @@ def consistency_correction(plan: FusionPlan, observation: LowResObservation, pro
     def network_maps(window: Window) -> np.ndarray:
         """The window's network output reduced to the basis coefficients, strip by strip (small in memory)."""
         msi_block = plan.model_input(window)
-        return np.concatenate([accumulator.reduce(plan.model.predict(msi_block[:, a:a + REFINE_STRIP_ROWS]))
+        return np.concatenate([accumulator.reduce(plan.model.predict(msi_block[:, a:a + REFINE_STRIP_ROWS],
+                                                                     consistency=False))
                                for a in range(0, msi_block.shape[1], REFINE_STRIP_ROWS)], axis=1)
 
     for i, (window, maps) in enumerate(pipelined(network_maps, windows, workers=prediction_workers(plan.options))):
@@ -603,19 +595,7 @@ def estimate_blur(plan: FusionPlan, lr_hsi: np.ndarray) -> blur.PSFEstimate:
 
 def _estimate_psf(plan: FusionPlan, grid: blur.GridPair, lr_hsi: np.ndarray) -> blur.PSFEstimate:
     """The blur from a central output window and the HSI pixels under it (not the whole scene: cheap)."""
-    height, width = grid.hr_shape
-    rows, cols = min(height, PSF_WINDOW), min(width, PSF_WINDOW)
-    r0, c0 = (height - rows) // 2, (width - cols) // 2
-    msi_block = plan.model_input(Window(c0, r0, cols, rows))
-    ay, ax = grid.axis("y"), grid.axis("x")
-    h, w = grid.lr_shape
-    lr_r0 = int(np.clip(np.floor(ay.lr_coordinate(r0)), 0, h - 1))
-    lr_r1 = int(np.clip(np.floor(ay.lr_coordinate(r0 + rows - 1)) + 1, lr_r0 + 1, h))
-    lr_c0 = int(np.clip(np.floor(ax.lr_coordinate(c0)), 0, w - 1))
-    lr_c1 = int(np.clip(np.floor(ax.lr_coordinate(c0 + cols - 1)) + 1, lr_c0 + 1, w))
-    window_grid = blur.GridPair(grid.hr_transform @ Affine.translation(c0, r0), (rows, cols),
-                              grid.lr_transform @ Affine.translation(lr_c0, lr_r0), (lr_r1 - lr_r0, lr_c1 - lr_c0))
-    return blur.estimate_psf(lr_hsi[:, lr_r0:lr_r1, lr_c0:lr_c1], msi_block, plan.response, window_grid)
+    return rf.estimate_psf_central(lr_hsi, plan.model_input, plan.response, grid)
 
 
 def _skip_refine(report: FuseReport, reason: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geolift.errors import ModelError
+from geolift.errors import GeoliftWarning, ModelError
 from geolift.exact import ExactMatrix
 
 __all__ = [
@@ -405,8 +406,10 @@ class SpectraLift:
 
     ``preset`` picks the recipe (:data:`PRESETS`; None = :data:`DEFAULT_PRESET`, ``"geolift"``); any parameter
     given explicitly overrides the preset's value. ``max_train_pixels`` caps the pixels per training step
-    (stratified sample; None = always full batch); ``consistency`` records whether the pipeline should run
-    :func:`geolift.refine.refine` (or its streamed form) on the prediction.
+    (stratified sample; None = always full batch). ``consistency`` says whether the recipe includes the consistency
+    step (:mod:`geolift.refine`): then :meth:`fit` keeps a reference to the LR-HSI and :meth:`predict` corrects the
+    network's output with it, exactly as ``geolift fuse`` does for the same arrays, so every entry point gives the
+    same result. The faithful ``spectralift`` preset has no such step: its prediction is the network's alone.
     """
 
     def __init__(self, *, steps: int | None = None, hidden: int | None = None, lr_initial: float | None = None,
@@ -475,6 +478,8 @@ class SpectraLift:
         self._state: dict[str, np.ndarray] | None = None  # fitted weights, CPU numpy (what pickle ships)
         self._msi_offset: np.ndarray | None = None  # lo * rowsum(R), per MSI band
         self._net: ExactNetwork | None = None  # inference network, rebuilt lazily, never pickled
+        self._lr_hsi: np.ndarray | None = None  # what fit() saw, for the consistency step (a reference, no copy)
+        self._response: np.ndarray | None = None
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -518,8 +523,14 @@ class SpectraLift:
         return self._net
 
     # ------------------------------------------------------------------ fit
-    def fit(self, lr_hsi: np.ndarray, R: np.ndarray, progress: Progress | None = None) -> SpectraLift:
-        """Train on an LR-HSI ``(C, h, w)`` and a response matrix ``R`` ``(m, C)``; returns ``self``."""
+    def fit(self, lr_hsi: np.ndarray, R: np.ndarray, progress: Progress | None = None, *,
+            keep_lr_hsi: bool = True) -> SpectraLift:
+        """Train on an LR-HSI ``(C, h, w)`` and a response matrix ``R`` ``(m, C)``; returns ``self``.
+
+        With the consistency step in the recipe, the model keeps a reference to ``lr_hsi`` (no copy) for
+        :meth:`predict`; ``keep_lr_hsi=False`` does not (the file pipeline, which runs the step itself window by
+        window and frees the cube early).
+        """
         t0 = time.perf_counter()
         lr_hsi = np.asarray(lr_hsi)
         R = np.asarray(R, dtype=np.float64)
@@ -570,6 +581,8 @@ class SpectraLift:
         self.data_range = (lo, hi)
         self._msi_offset = (lo * R.sum(axis=1)).astype(np.float64)
         self.n_train_pixels = n_valid
+        keep = keep_lr_hsi and self.consistency
+        self._lr_hsi, self._response = (lr_hsi, R) if keep else (None, None)
         self.fit_seconds = time.perf_counter() - t0
         log.debug("SpectraLift fitted on %d pixels (%d -> %d bands) in %.2f s, final MAE %.5f (scaled units)",
                   n_valid, self.n_bands_in, self.n_bands_out, self.fit_seconds, self.history[-1])
@@ -630,8 +643,53 @@ class SpectraLift:
         return state, history
 
     # ------------------------------------------------------------------ predict
-    def predict(self, hr_msi: np.ndarray, progress: Progress | None = None) -> np.ndarray:
-        """Predict the HSI cube ``(C, H, W)`` float32 for an MSI cube ``(m, H, W)``; non-finite pixels give NaN."""
+    def predict(self, hr_msi: np.ndarray, progress: Progress | None = None, *, ratio: float | None = None,
+                grid=None, consistency: bool | None = None) -> np.ndarray:
+        """Predict the HSI cube ``(C, H, W)`` float32 for an MSI cube ``(m, H, W)``; non-finite pixels give NaN.
+
+        With the recipe's consistency step (``consistency`` None: the recipe's; False: the network alone), the
+        network's output is corrected so that, blurred and downsampled, it agrees with the LR-HSI given to
+        :meth:`fit` (:func:`geolift.refine.refine`, the same steps as ``geolift fuse``). The HR-MSI must then cover
+        the LR-HSI's area: ``ratio`` (HR pixels per LR pixel, same origin) follows from the shapes when both axes
+        agree, else give it, or ``grid`` (a :class:`geolift.blur.GridPair`) for grids that do not nest.
+        """
+        x0 = self._predict_network(hr_msi, progress)
+        wanted = self.consistency if consistency is None else bool(consistency)
+        if not wanted:
+            return x0
+        if self._lr_hsi is None:
+            if consistency:
+                raise ModelError("The consistency step needs the LR-HSI fit() saw; this model was fitted without "
+                                 "keeping it (keep_lr_hsi=False), or its recipe has no such step.")
+            return self._skip_consistency(x0, "the model was fitted with keep_lr_hsi=False")
+        from geolift import refine
+
+        if grid is None and ratio is None:
+            ratio = self._ratio_from_shapes(x0.shape[1:])
+        try:
+            x, _, _ = refine.refine(x0, self._lr_hsi, hr_msi, self._response, ratio, grid=grid,
+                                    value_range=self.data_range)
+        except ModelError as exc:
+            return self._skip_consistency(x0, str(exc).rstrip("."))
+        return x
+
+    def _ratio_from_shapes(self, hr_shape: tuple[int, int]) -> float:
+        lr_shape = self._lr_hsi.shape[1:]
+        ratios = (hr_shape[0] / lr_shape[0], hr_shape[1] / lr_shape[1])
+        if abs(ratios[0] - ratios[1]) > 1e-9 * max(ratios) or ratios[0] <= 1.0:
+            raise ModelError(f"The HR-MSI ({hr_shape[0]} x {hr_shape[1]} px) is not the LR-HSI's area at a finer "
+                             f"resolution ({lr_shape[0]} x {lr_shape[1]} px, ratios {ratios[0]:g} and {ratios[1]:g}); "
+                             "give ratio= or grid= to predict, or consistency=False for the network alone.")
+        return ratios[0]
+
+    @staticmethod
+    def _skip_consistency(x0: np.ndarray, reason: str) -> np.ndarray:
+        warnings.warn(f"Consistency step skipped: {reason}; the output is the network's prediction alone.",
+                      GeoliftWarning, stacklevel=3)
+        return x0
+
+    def _predict_network(self, hr_msi: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """The network's prediction ``(C, H, W)`` float32 for ``(m, H, W)``: per pixel, exact (see the class)."""
         self._check_fitted()
         hr_msi = np.asarray(hr_msi)
         if hr_msi.ndim != 3:
@@ -696,7 +754,11 @@ class SpectraLift:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_net"] = None  # weights travel as numpy in _state; the network is rebuilt where it is used
+        state.setdefault("_lr_hsi", None)
+        state.setdefault("_response", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("_lr_hsi", None)  # models pickled before the consistency step moved into predict
+        state.setdefault("_response", None)
         self.__dict__.update(state)

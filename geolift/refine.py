@@ -52,6 +52,17 @@ log = logging.getLogger("geolift")
 
 #: Spectral components the LR residual is projected onto (see :func:`spectral_subspace`).
 SUBSPACE_RANK = 20
+
+#: The blur is estimated on a central window of at most this many output pixels per side (cheap, and plenty).
+PSF_WINDOW = 1024
+
+#: Output rows reduced at a time in pass 1: its float64 temporaries stay ~50 MB per 200 bands.
+REFINE_STRIP_ROWS = 64
+
+#: Pass 1 reads the output grid in windows of this size, whatever the caller's tiles are: the LR sums are added
+#: window by window, and a fixed split (and order) keeps their rounding, and so the output, the same for every tile
+#: size, in ``geolift batch`` and in :func:`refine` (the library's ``SpectraLift.predict``).
+REFINE_WINDOW = 512
 _GRAM_CHUNK = 65536  # LR pixels per chunk when forming the spectral Gram matrix
 
 
@@ -500,34 +511,81 @@ def add_correction(correction: Correction, tile: np.ndarray, row_off: int, col_o
                 x.clamp_(value_range[0], value_range[1])
 
 
+def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridPair,
+                         window: int = PSF_WINDOW, families: tuple[str, ...] = ("gaussian",)) -> PSFEstimate:
+    """The blur from a central output window of at most ``window`` pixels a side and the LR pixels under it (not
+    the whole scene: cheap, and plenty). ``read_hr(Window)`` gives the HR-MSI there; the pipeline reads its file,
+    :func:`refine` slices its array, so both estimate the same blur from the same pixels."""
+    from affine import Affine
+    from rasterio.windows import Window
+
+    height, width = grid.hr_shape
+    rows, cols = min(height, window), min(width, window)
+    r0, c0 = (height - rows) // 2, (width - cols) // 2
+    hr_block = read_hr(Window(c0, r0, cols, rows))
+    ay, ax = grid.axis("y"), grid.axis("x")
+    h, w = grid.lr_shape
+    lr_r0 = int(np.clip(np.floor(ay.lr_coordinate(r0)), 0, h - 1))
+    lr_r1 = int(np.clip(np.floor(ay.lr_coordinate(r0 + rows - 1)) + 1, lr_r0 + 1, h))
+    lr_c0 = int(np.clip(np.floor(ax.lr_coordinate(c0)), 0, w - 1))
+    lr_c1 = int(np.clip(np.floor(ax.lr_coordinate(c0 + cols - 1)) + 1, lr_c0 + 1, w))
+    window_grid = GridPair(grid.hr_transform @ Affine.translation(c0, r0), (rows, cols),
+                           grid.lr_transform @ Affine.translation(lr_c0, lr_r0), (lr_r1 - lr_r0, lr_c1 - lr_c0))
+    return estimate_psf(np.asarray(lr_hsi)[:, lr_r0:lr_r1, lr_c0:lr_c1], hr_block, R, window_grid, families=families)
+
+
 # ----------------------------------------------------------------------------------------------- in memory
 def refine(x0: np.ndarray, lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, ratio: float | None = None, *,
            grid: GridPair | None = None, psf: PSFEstimate | None = None,
            value_range: tuple[float, float] | None = None, regularization: float | None = None,
            subspace_rank: int | None = SUBSPACE_RANK, dark_fraction: float = 0.5,
-           families: tuple[str, ...] = ("gaussian",)) -> tuple[np.ndarray, PSFEstimate, Correction]:
-    """In-memory refinement of the network's output ``x0`` (C, H, W): both passes on one tile.
+           families: tuple[str, ...] = ("gaussian",), tile: int = REFINE_WINDOW
+           ) -> tuple[np.ndarray, PSFEstimate, Correction]:
+    """In-memory refinement of the network's output ``x0`` (C, H, W): both passes, as ``geolift fuse`` runs them.
 
-    Estimates the PSF from ``lr_hsi`` and ``hr_msi`` unless ``psf`` is given. Give ``ratio`` (Wald case: same
-    origin, integer ratio) or ``grid``. Returns ``(x, psf, correction)``; NaN pixels of ``x0`` stay NaN;
-    ``value_range`` clips the result (the model's ``data_range`` is the natural choice).
+    The same steps in the same order as the file pipeline: the blur estimated on the central window
+    (:func:`estimate_psf_central`) unless ``psf`` is given, pass 1 over :data:`REFINE_WINDOW` windows reduced in
+    :data:`REFINE_STRIP_ROWS` strips, the solve on the spectral basis, pass 2 in place window by window; so for the
+    same arrays the result is the file pipeline's, bit for bit. Give ``ratio`` (Wald case: same origin, integer
+    ratio) or ``grid``. Returns ``(x, psf, correction)``; NaN pixels of ``x0`` stay NaN; ``value_range`` clips the
+    result (the model's ``data_range`` is the natural choice). ``subspace_rank=None`` solves on every band instead
+    of a spectral basis (an ablation; the pipeline always uses the basis).
     """
+    from geolift.grid import block_windows
+
     x0 = np.asarray(x0, dtype=np.float32)
     if x0.ndim != 3:
         raise ModelError(f"x0 must be a (bands, rows, cols) array, got shape {x0.shape}.")
+    hr_msi = np.asarray(hr_msi)
     grid = _grid_for(grid, ratio, np.shape(lr_hsi)[1:], x0.shape[1:])
     if psf is None:
-        psf = estimate_psf(lr_hsi, hr_msi, R, grid, families=families)
-    basis = spectral_subspace(lr_hsi, subspace_rank) if subspace_rank is not None else None
-    acc = LowResAccumulator(grid, psf, x0.shape[0], basis=basis)
-    acc.add_tile(x0, 0, 0)
-    if basis is None:
+        psf = estimate_psf_central(lr_hsi, lambda w: hr_msi[:, w.row_off:w.row_off + w.height,
+                                                            w.col_off:w.col_off + w.width], R, grid,
+                                   families=families)
+    if subspace_rank is None:
+        acc = LowResAccumulator(grid, psf, x0.shape[0])
+        acc.add_tile(x0, 0, 0)
         corr = solve_correction(lr_hsi, acc.result(), R, acc.lr_kernel(), grid, regularization=regularization,
                                 subspace_rank=None, dark_fraction=dark_fraction)
     else:
-        corr = solve_correction(lr_hsi, acc.coefficients(), R, acc.lr_kernel(), grid, basis=basis,
-                                regularization=regularization, dark_fraction=dark_fraction)
-    x = x0 + correction_for_tile(corr, x0, 0, 0)
-    if value_range is not None:
-        np.clip(x, value_range[0], value_range[1], out=x)
+        basis = spectral_subspace(lr_hsi, subspace_rank)
+        observed = lr_coefficients(lr_hsi, basis)
+        acc = LowResAccumulator(grid, psf, n_bands=basis.shape[0], basis=basis)
+        height, width = x0.shape[1:]
+        for window in block_windows(width, height, REFINE_WINDOW):
+            r0, c0 = int(window.row_off), int(window.col_off)
+            block = x0[:, r0:r0 + int(window.height), c0:c0 + int(window.width)]
+            maps = np.concatenate([acc.reduce(block[:, a:a + REFINE_STRIP_ROWS])
+                                   for a in range(0, block.shape[1], REFINE_STRIP_ROWS)], axis=1)
+            acc.add_maps(maps, r0, c0)
+        corr = solve_on_basis(observed, acc.coefficients(in_place=True), basis, R, acc.lr_kernel(), grid,
+                              regularization=regularization, dark_fraction=dark_fraction)
+    x = np.empty_like(x0)
+    height, width = x0.shape[1:]
+    for window in block_windows(width, height, tile):
+        rows = slice(int(window.row_off), int(window.row_off + window.height))
+        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        block = np.array(x0[:, rows, cols], dtype=np.float32, order="C")  # a copy: x0 stays the network's
+        add_correction(corr, block, rows.start, cols.start, value_range)
+        x[:, rows, cols] = block
     return x, psf, corr

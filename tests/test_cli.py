@@ -329,11 +329,8 @@ def test_wald_case_through_the_cli_matches_the_library(wald, tmp_path):
         preset = json.loads(ds.tags()["geolift_parameters"])["preset"]  # compare like with like: the same recipe
 
     model = SpectraLift(preset=preset, steps=WALD_STEPS, seed=0).fit(wald.lr_hsi, wald.R)
-    library = model.predict(wald.hr_msi)
-    if model.consistency:  # the recipe's consistency step, as the pipeline runs it (blur estimated from the data)
-        grid = refine.GridPair(wald.hr_transform, wald.gt.shape[1:], wald.lr_transform, wald.lr_hsi.shape[1:])
-        library, _, _ = refine.refine(library, wald.lr_hsi, wald.hr_msi, wald.R, grid=grid,
-                                      value_range=model.data_range)
+    grid = refine.GridPair(wald.hr_transform, wald.gt.shape[1:], wald.lr_transform, wald.lr_hsi.shape[1:])
+    library = model.predict(wald.hr_msi, grid=grid)  # with the recipe's consistency step, as the pipeline runs it
     bicubic = evaluate.bicubic_upsample(wald.lr_hsi, wald.gt.shape[1:])
     cli_psnr, lib_psnr = evaluate.psnr(wald.gt, fused), evaluate.psnr(wald.gt, library)
     cli_sam, lib_sam = evaluate.sam(wald.gt, fused), evaluate.sam(wald.gt, library)

@@ -55,7 +55,7 @@ def in_memory_prediction(plan):
     msi = plan.msi.read(window=plan.output.window, bands=plan.msi_band_indices)
     covered = align.coverage_mask(plan.hsi_grid, plan.grid, plan.hsi_valid)
     msi[:, ~covered] = np.nan
-    x0 = plan.model.predict(msi)
+    x0 = plan.model.predict(msi, consistency=False)
     if plan.correction is None:
         return x0
     return np.clip(x0 + refine.correction_for_tile(plan.correction, x0, 0, 0), *plan.model.data_range)

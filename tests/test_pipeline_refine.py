@@ -97,7 +97,7 @@ def test_streamed_two_passes_equal_refine_in_memory(wald, tmp_path, tile):
     with rasterio.open(out) as ds:
         streamed = ds.read()
 
-    x0 = plan.model.predict(wald.hr_msi.astype(np.float32))
+    x0 = plan.model.predict(wald.hr_msi.astype(np.float32), consistency=False)
     grid = rf.GridPair(wald.hr_transform, wald.gt.shape[1:], wald.lr_transform, wald.lr_hsi.shape[1:])
     expected, psf, _ = rf.refine(x0, wald.lr_hsi.astype(np.float32), wald.hr_msi.astype(np.float32), plan.response,
                                  grid=grid, value_range=plan.model.data_range)
@@ -226,11 +226,11 @@ def test_failure_while_predicting_leaves_no_output(wald, tmp_path, leftovers):
     calls = {"n": 0}
     real = plan.model.predict
 
-    def predict_then_fail(msi):
+    def predict_then_fail(msi, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise MemoryError("out of memory in block 3")
-        return real(msi)
+        return real(msi, **kwargs)
 
     plan.model.predict = predict_then_fail
     out = tmp_path / "fused.tif"
@@ -310,4 +310,44 @@ def test_sampled_fit_on_a_large_scene_copies_only_a_stratified_pool(monkeypatch)
     b = SpectraLift(steps=30, seed=1, max_train_pixels=256).fit(lr, R)
     np.testing.assert_array_equal(pools[1], pool)
     msi = np.tensordot(R, lr[:, 100:140, 100:140], axes=1)
-    np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
+    np.testing.assert_array_equal(a.predict(msi, consistency=False), b.predict(msi, consistency=False))
+
+
+@pytest.mark.parametrize("preset", ["geolift", "spectralift"])
+def test_the_library_gives_what_geolift_fuse_writes_bit_for_bit(wald, tmp_path, preset):
+    """One quality for every entry point: ``SpectraLift().fit(lr_hsi, R).predict(hr_msi)`` on the arrays a Wald
+    case wrote gives the pixels ``geolift fuse`` writes from those files, the consistency step included (the ratio
+    follows from the shapes); the faithful preset stays the network's alone."""
+    from geolift.model import SpectraLift
+
+    out = tmp_path / f"{preset}.tif"
+    result = cli(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "--steps", WALD_STEPS, "--seed", "0",
+                  "--preset", preset, "--dtype", "float32", "-o", out, "--progress", "none", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        written = ds.read()
+        refined = json.loads(ds.tags()["geolift_consistency"])["refined"]
+    model = SpectraLift(preset=preset, steps=WALD_STEPS, seed=0)
+    library = model.fit(wald.lr_hsi.astype(np.float32), wald.R).predict(wald.hr_msi.astype(np.float32))
+    assert refined is (preset == "geolift") and model.consistency is refined
+    np.testing.assert_array_equal(library, written)
+    if refined:  # the step did something, and the network alone is still one argument away
+        network = model.predict(wald.hr_msi.astype(np.float32), consistency=False)
+        assert np.abs(network - library).max() > 1e-3
+
+
+def test_the_library_says_what_the_consistency_step_needs():
+    from geolift.errors import ModelError
+    from geolift.model import SpectraLift
+
+    rng = np.random.default_rng(0)
+    lr, R = rng.random((6, 8, 8)), rng.random((3, 6))
+    model = SpectraLift(steps=5).fit(lr, R)
+    with pytest.raises(ModelError, match="not the LR-HSI's area at a finer resolution"):
+        model.predict(rng.random((3, 8, 12)))  # 1 and 1.5: no single ratio
+    assert model.predict(rng.random((3, 8, 8)), consistency=False).shape == (6, 8, 8)
+    forgetful = SpectraLift(steps=5).fit(lr, R, keep_lr_hsi=False)
+    with pytest.raises(ModelError, match="keep_lr_hsi=False"):
+        forgetful.predict(rng.random((3, 32, 32)), consistency=True)
+    with pytest.warns(UserWarning, match="Consistency step skipped: the model was fitted with keep_lr_hsi=False"):
+        forgetful.predict(rng.random((3, 32, 32)))
