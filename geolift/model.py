@@ -462,7 +462,8 @@ class SpectraLift:
         self.min_pixels = max(1, int(min_pixels))
         self.num_threads = None if num_threads is None else int(num_threads)
         self.max_train_pixels = None if max_train_pixels is None else int(max_train_pixels)
-        #: whether the recipe includes geolift.refine's consistency step (run by the pipeline, not by predict)
+        #: whether the recipe includes geolift.refine's consistency step (predict runs it; the file pipeline, window
+        #: by window)
         self.consistency = bool(recipe["consistency"] if consistency is None else consistency)
         self.brightness_jitter = float(brightness_jitter)
         self.snapshot_fraction = float(snapshot_fraction)
