@@ -324,9 +324,9 @@ def _report_msi_product(msi: Scene, report: FuseReport) -> None:
     if "masked_pixels" in msi.tags:
         report.msi_masked_pixels = json.loads(msi.tags["masked_pixels"])
         total = msi.width * msi.height
-        log.info("MSI quality masks: %s pixels flagged (%s of the MSI; nodata in the output).", ", ".join(
-            f"{name} {count}" for name, count in report.msi_masked_pixels.items()) or "no",
-            f"{100 * min(1.0, sum(report.msi_masked_pixels.values()) / max(total, 1)):.1f}% at most")
+        share = 100 * min(1.0, sum(report.msi_masked_pixels.values()) / max(total, 1))  # masks may overlap
+        log.info("MSI quality masks: %s pixels flagged (at most %.1f%% of the MSI; nodata in the output).",
+                 ", ".join(f"{name} {count}" for name, count in report.msi_masked_pixels.items()) or "no", share)
     times = [_acquired(p.get("acquisition_time", "")) for p in (report.hsi_product, report.msi_product)]
     if all(times):
         report.days_apart = round(abs((times[0] - times[1]).total_seconds()) / 86400.0, 2)

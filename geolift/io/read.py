@@ -105,8 +105,9 @@ class PixelSource(Protocol):
     table to the map grid (EMIT) reads through one of these. It must pickle (scenes travel to Dask workers).
     """
 
-    def read(self, bands: Sequence[int], window: Window) -> np.ndarray:
-        """Raw values of 1-based ``bands`` in ``window`` as ``(len(bands), rows, cols)``, the file's own type."""
+    def read(self, bands: Sequence[int] | None, window: Window) -> np.ndarray:
+        """Raw values of 1-based ``bands`` (None: all) in ``window`` as ``(bands, rows, cols)``, the file's own
+        type, in a new array (the caller may write to it)."""
         ...
 
 
@@ -421,7 +422,7 @@ class Scene:
         """``data`` (a window read at full resolution) on a ``shape`` grid over the same window, NaN-aware."""
         out = np.full((data.shape[0], *shape), np.nan, dtype=np.float32)
         src_transform = self.window_transform(win)
-        dst_transform = src_transform * Affine.scale(win.width / shape[1], win.height / shape[0])
+        dst_transform = src_transform @ Affine.scale(win.width / shape[1], win.height / shape[0])
         reproject(data, out, src_transform=src_transform, dst_transform=dst_transform, src_crs=self.crs,
                   dst_crs=self.crs, src_nodata=np.nan, dst_nodata=np.nan, resampling=method)
         return out
