@@ -470,14 +470,16 @@ def prepare_fusion(
 ) -> FusionPlan:
     """Read both scenes, build the response, co-register, and fit the model."""
     options = options or FuseOptions()
+    # Built first: a preset, step count or device it refuses (CUDA asked for on a CPU-only machine) stops the run
+    # before any scene is read.
+    model = SpectraLift(preset=options.preset, seed=options.seed, device=options.device,
+                        **({"steps": options.steps} if options.steps else {}))
     pair = observe_pair(hsi_source, msi_source, options, progress)
     hsi, msi, response, report = pair.hsi, pair.msi, pair.response, pair.report
     band_indices, hsi_grid, hsi_valid, ov = pair.band_indices, pair.hsi_grid, pair.hsi_valid, pair.output
     lr_hsi, synthetic, agreement = pair.lr_hsi, pair.synthetic, pair.agreement
     del pair  # lr_hsi is freed below once the consistency step has its coefficient maps
 
-    model = SpectraLift(preset=options.preset, seed=options.seed, device=options.device,
-                        **({"steps": options.steps} if options.steps else {}))
     # lr_hsi is already NaN wherever a band is (nodata is NaN, hsi_valid = all bands finite): no masked copy.
     report.training_pixels = int(hsi_valid.sum())
     log.info("Training on %d LR pixels (%s preset, %d steps, seed %d, %s).",

@@ -577,3 +577,16 @@ def test_a_report_that_cannot_be_written_is_one_error_and_the_output_is_kept(wal
     assert "report.json" in error_lines(run)[0] and "Traceback" not in run.stderr
     assert out.is_file()
 
+
+
+def test_cuda_asked_for_on_a_machine_without_it_stops_before_reading_anything(wald, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the request is honoured")
+    run = run_geolift(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "--device", "cuda",
+                       "-o", tmp_path / "cuda.tif", "--progress", "none"])
+    assert run.exit_code == 4
+    assert "CUDA is not available on this machine" in run.stderr
+    assert "Output grid" not in run.stderr and "HSI:" not in run.stderr  # no scene was read first
+    assert not (tmp_path / "cuda.tif").exists()
