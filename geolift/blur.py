@@ -161,6 +161,7 @@ class PSFEstimate:
     residual: float = float("nan")
     gain: np.ndarray | None = field(default=None, compare=False, repr=False)
     offset: np.ndarray | None = field(default=None, compare=False, repr=False)
+    free_residual: float = field(default=float("nan"), compare=False)  # a free-form kernel's misfit, the floor
 
     @property
     def radius(self) -> int:
@@ -311,6 +312,68 @@ def estimate_psf(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: Gr
     if best is None or not math.isfinite(best.residual):
         raise ModelError("The blur could not be estimated: the two scenes share no valid low-resolution pixel.")
     return best
+
+
+#: The free-form kernel fit uses at most this many equations per unknown (a regular subsample of the LR pixels):
+#: its design matrix then stays below ~65 MB (radius 12: 629 unknowns) however large the window or many the bands.
+FREE_FIT_EQUATIONS_PER_UNKNOWN = 20
+
+
+def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair,
+                       max_radius: int, min_radius: int = 1) -> float:
+    """The misfit a free-form blur kernel reaches on the same data (least squares over its taps, one offset per
+    band): the floor that noise, misregistration and radiometry set, whatever the blur's shape.
+
+    ``R·Y ≈ Σ_k h_k · D(shift_k M) + offset_b`` over the LR pixels the kernel's reach keeps inside ``hr_msi``.
+    A parametric fit far above this floor means the blur is not of its family (a sinc with strong negative side
+    lobes, say), so a correction built on it would add wrong detail. The share of variance left unexplained, as
+    :attr:`PSFEstimate.residual` measures it. On a small scene the kernel shrinks (down to ``min_radius``) until
+    there are three equations per unknown; NaN when even that is too many.
+    """
+    z = np.tensordot(np.asarray(R, np.float64), np.asarray(lr_hsi, np.float64), axes=1)  # (m, h, w)
+    hr = np.asarray(hr_msi, dtype=np.float64)
+    m, h, w = z.shape
+    sy, sx = grid.axis("y").aggregation(), grid.axis("x").aggregation()
+    counts = np.outer(np.asarray(sy.sum(axis=1)).ravel(), np.asarray(sx.sum(axis=1)).ravel())
+    usable = (counts > 0) & np.all(np.isfinite(z), axis=0)
+    for radius in range(max_radius, min_radius - 1, -1):
+        margin_y, margin_x = math.ceil(radius * grid.scale_y), math.ceil(radius * grid.scale_x)
+        keep = np.zeros((h, w), bool)
+        keep[margin_y:h - margin_y, margin_x:w - margin_x] = True
+        keep &= usable
+        taps = (2 * radius + 1) ** 2
+        if keep.sum() * m >= 3 * (taps + m):
+            break
+    else:
+        return float("nan")
+    spare = int(keep.sum()) * m // (FREE_FIT_EQUATIONS_PER_UNKNOWN * (taps + m))
+    if spare > 1:  # plenty of pixels: every ``spare``-th is enough, and the design matrix stays small
+        kept = np.flatnonzero(keep.ravel())
+        keep = np.zeros(h * w, bool)
+        keep[kept[::spare]] = True
+        keep = keep.reshape(h, w)
+    padded = np.pad(hr, ((0, 0), (radius, radius), (radius, radius)), mode="edge")
+    columns = np.empty((int(keep.sum()) * m, taps + m))
+    k = 0
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            shifted = padded[:, radius + dy:radius + dy + hr.shape[1], radius + dx:radius + dx + hr.shape[2]]
+            means = np.stack([(sy @ band @ sx.T) for band in shifted]) / np.maximum(counts, 1)
+            columns[:, k] = means[:, keep].ravel()
+            k += 1
+    for b in range(m):
+        columns[:, taps + b] = np.repeat(np.arange(m) == b, int(keep.sum()))
+    y = z[:, keep].ravel()
+    if not np.all(np.isfinite(columns)):
+        return float("nan")
+    gram = columns.T @ columns
+    ridge = 1e-6 * np.trace(gram) / gram.shape[0]
+    coef = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), columns.T @ y)
+    residual = (y - columns @ coef).reshape(m, -1)
+    observed = y.reshape(m, -1)
+    unexplained = float(np.sum(residual**2))
+    total = float(np.sum((observed - observed.mean(axis=1, keepdims=True)) ** 2))
+    return unexplained / max(total, 1e-30)
 
 
 def _psf_misfit(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate):

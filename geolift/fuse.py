@@ -545,7 +545,10 @@ def observe_low_res(plan: FusionPlan, lr_hsi: np.ndarray) -> LowResObservation |
     except ModelError as exc:
         return _skip_refine(report, str(exc).rstrip("."))
     report.psf = {"family": psf.family, "width_px": psf.width, "beta": psf.beta, "fwhm_px": psf.fwhm,
-                  "boundary": psf.boundary, "misfit": psf.residual}
+                  "boundary": psf.boundary, "misfit": psf.residual, "free_kernel_misfit": psf.free_residual}
+    problem = rf.blur_model_problem(psf)
+    if problem is not None:
+        return _skip_refine(report, problem)
     log.info("Blur estimated from the data: %s, FWHM %.2f output px (%s border), misfit %.3g.",
              psf.family, psf.fwhm, psf.boundary, psf.residual)
     basis = rf.spectral_subspace(lr_hsi, rf.SUBSPACE_RANK)

@@ -21,6 +21,7 @@ tile. :func:`refine` runs both passes in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -29,7 +30,15 @@ import numpy as np
 import torch
 from scipy import optimize
 
-from geolift.blur import GridPair, PSFEstimate, _BlurAggregate, _grid_for, degrade, estimate_psf
+from geolift.blur import (
+    GridPair,
+    PSFEstimate,
+    _BlurAggregate,
+    _grid_for,
+    degrade,
+    estimate_psf,
+    free_kernel_misfit,
+)
 from geolift.errors import ModelError
 from geolift.exact import ExactMatrix
 
@@ -58,6 +67,11 @@ PSF_WINDOW = 1024
 
 #: Output rows reduced at a time in pass 1: its float64 temporaries stay ~50 MB per 200 bands.
 REFINE_STRIP_ROWS = 64
+
+#: The blur-model check (:func:`blur_model_problem`): a free-form kernel of at most this radius (HR pixels) is
+#: fitted on a central window of this size, and a parametric fit leaving this many times its misfit is refused.
+FREE_KERNEL_WINDOW, FREE_KERNEL_MAX_RADIUS, MODEL_MISFIT_RATIO = 384, 12, 10.0
+MISFIT_FLOOR = 1e-5  # below this share of variance, a misfit is noise-level whatever the ratio
 
 #: Pass 1 reads the output grid in windows of this size, whatever the caller's tiles are: the LR sums are added
 #: window by window, and a fixed split (and order) keeps their rounding, and so the output, the same for every tile
@@ -514,8 +528,39 @@ def add_correction(correction: Correction, tile: np.ndarray, row_off: int, col_o
 def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridPair,
                          window: int = PSF_WINDOW, families: tuple[str, ...] = ("gaussian",)) -> PSFEstimate:
     """The blur from a central output window of at most ``window`` pixels a side and the LR pixels under it (not
-    the whole scene: cheap, and plenty). ``read_hr(Window)`` gives the HR-MSI there; the pipeline reads its file,
-    :func:`refine` slices its array, so both estimate the same blur from the same pixels."""
+    the whole scene: cheap, and plenty), with the floor a free-form kernel reaches on a smaller central window
+    (``free_residual``, see :func:`blur_model_problem`). ``read_hr(Window)`` gives the HR-MSI there; the pipeline
+    reads its file, :func:`refine` slices its array, so both estimate the same blur from the same pixels."""
+    lr, hr_block, window_grid = _central_window(lr_hsi, read_hr, grid, window)
+    psf = estimate_psf(lr, hr_block, R, window_grid, families=families)
+    lr, hr_block, window_grid = _central_window(lr_hsi, read_hr, grid, FREE_KERNEL_WINDOW)
+    ratio = 1.0 / min(grid.scale_y, grid.scale_x)
+    radius = min(FREE_KERNEL_MAX_RADIUS, int(math.ceil(2.0 * ratio)))
+    floor = free_kernel_misfit(lr, hr_block, R, window_grid, radius, min_radius=int(math.ceil(ratio / 2)))
+    return dataclasses.replace(psf, free_residual=floor)
+
+
+def blur_model_problem(psf: PSFEstimate) -> str | None:
+    """Why the estimated blur model cannot carry the consistency step, or None when it can.
+
+    When the parametric fit leaves :data:`MODEL_MISFIT_RATIO` times the variance a free-form kernel leaves on the
+    same data, the blur is not of the family (``benchmarks/psf_zoo.py``: HyperBench's radial sinc and Gabor PSFs,
+    21-1085 times, where the step cost up to 8.9 dB; its Gaussian, Moffat, Airy, Kolmogorov, Lorentzian, Hermite,
+    parabolic and delta blurs 1.6-5.9 times; the real Berlin pair 1.2): the correction would add wrong detail, so
+    the output stays the network's.
+    """
+    floor = psf.free_residual
+    if not math.isfinite(floor) or not math.isfinite(psf.residual):
+        return None  # too small a scene to tell: keep the step, as before the check existed
+    if psf.residual > MODEL_MISFIT_RATIO * max(floor, MISFIT_FLOOR):
+        return (f"the blur does not look like a {psf.family} kernel (its fit leaves {psf.residual:.3g} of the "
+                f"variance unexplained, {psf.residual / max(floor, MISFIT_FLOOR):.0f} times what a free-form kernel "
+                "leaves), so a correction built on it would add wrong detail")
+    return None
+
+
+def _central_window(lr_hsi: np.ndarray, read_hr, grid: GridPair, window: int):
+    """The LR-HSI, the HR-MSI and their grid pair on a central output window of at most ``window`` a side."""
     from affine import Affine
     from rasterio.windows import Window
 
@@ -531,7 +576,7 @@ def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridP
     lr_c1 = int(np.clip(np.floor(ax.lr_coordinate(c0 + cols - 1)) + 1, lr_c0 + 1, w))
     window_grid = GridPair(grid.hr_transform @ Affine.translation(c0, r0), (rows, cols),
                            grid.lr_transform @ Affine.translation(lr_c0, lr_r0), (lr_r1 - lr_r0, lr_c1 - lr_c0))
-    return estimate_psf(np.asarray(lr_hsi)[:, lr_r0:lr_r1, lr_c0:lr_c1], hr_block, R, window_grid, families=families)
+    return np.asarray(lr_hsi)[:, lr_r0:lr_r1, lr_c0:lr_c1], hr_block, window_grid
 
 
 # ----------------------------------------------------------------------------------------------- in memory
@@ -544,7 +589,8 @@ def refine(x0: np.ndarray, lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray
     """In-memory refinement of the network's output ``x0`` (C, H, W): both passes, as ``geolift fuse`` runs them.
 
     The same steps in the same order as the file pipeline: the blur estimated on the central window
-    (:func:`estimate_psf_central`) unless ``psf`` is given, pass 1 over :data:`REFINE_WINDOW` windows reduced in
+    (:func:`estimate_psf_central`) unless ``psf`` is given (an estimated blur that :func:`blur_model_problem`
+    refuses raises ``ModelError``), pass 1 over :data:`REFINE_WINDOW` windows reduced in
     :data:`REFINE_STRIP_ROWS` strips, the solve on the spectral basis, pass 2 in place window by window; so for the
     same arrays the result is the file pipeline's, bit for bit. Give ``ratio`` (Wald case: same origin, integer
     ratio) or ``grid``. Returns ``(x, psf, correction)``; NaN pixels of ``x0`` stay NaN; ``value_range`` clips the
@@ -562,6 +608,9 @@ def refine(x0: np.ndarray, lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray
         psf = estimate_psf_central(lr_hsi, lambda w: hr_msi[:, w.row_off:w.row_off + w.height,
                                                             w.col_off:w.col_off + w.width], R, grid,
                                    families=families)
+        problem = blur_model_problem(psf)
+        if problem is not None:  # the pipeline skips the step for the same reason (SpectraLift.predict warns)
+            raise ModelError(problem[0].upper() + problem[1:] + ".")
     if subspace_rank is None:
         acc = LowResAccumulator(grid, psf, x0.shape[0])
         acc.add_tile(x0, 0, 0)
