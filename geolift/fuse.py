@@ -70,6 +70,7 @@ from geolift.errors import (
 )
 from geolift.grid import Grid
 from geolift.io import Encoding, HSIWriter, OutputBands, Scene, check_output_path, open_scene
+from geolift.io.products.common import product_identity
 from geolift.model import DEFAULT_PRESET, SpectraLift, torch_threads
 from geolift.pipeline import pipelined
 
@@ -319,8 +320,7 @@ MAX_DAYS_APART = 10
 
 def _report_msi_product(msi: Scene, report: FuseReport) -> None:
     """An MSI product's identity and masks into the report; the two acquisition times and the days between."""
-    report.msi_product = {k: msi.tags[k] for k in ("product_name", "sensor", "processing_level", "acquisition_time")
-                          if k in msi.tags}
+    report.msi_product = product_identity(msi)
     if "masked_pixels" in msi.tags:
         report.msi_masked_pixels = json.loads(msi.tags["masked_pixels"])
         total = msi.width * msi.height
@@ -363,8 +363,7 @@ def observe_pair(
     report.hsi, report.msi = list(map(str, hsi.paths)), list(map(str, msi.paths))
     report.hsi_crs, report.msi_crs = hsi.crs.to_string(), msi.crs.to_string()
     report.hsi_bands, report.bad_bands = hsi.count, int((~hsi.good_bands).sum())
-    report.hsi_product = {k: hsi.tags[k] for k in ("product_name", "sensor", "processing_level", "acquisition_time")
-                          if k in hsi.tags}
+    report.hsi_product = product_identity(hsi)
     if "masked_pixels" in hsi.tags:
         report.hsi_masked_pixels = json.loads(hsi.tags["masked_pixels"])
         log.info("HSI quality masks: %s pixels flagged (left out everywhere, nodata in the output).", ", ".join(

@@ -531,9 +531,17 @@ def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridP
     the whole scene: cheap, and plenty), with the floor a free-form kernel reaches on a smaller central window
     (``free_residual``, see :func:`blur_model_problem`). ``read_hr(Window)`` gives the HR-MSI there; the pipeline
     reads its file, :func:`refine` slices its array, so both estimate the same blur from the same pixels."""
-    lr, hr_block, window_grid = _central_window(lr_hsi, read_hr, grid, window)
+    lr, hr_block, window_grid, outer = _central_window(lr_hsi, read_hr, grid, window)
     psf = estimate_psf(lr, hr_block, R, window_grid, families=families)
-    lr, hr_block, window_grid = _central_window(lr_hsi, read_hr, grid, FREE_KERNEL_WINDOW)
+
+    outer_block = hr_block
+
+    def read_inside(w):  # both windows are central: the smaller one lies inside the block already read
+        r0, c0 = w.row_off - outer.row_off, w.col_off - outer.col_off
+        return outer_block[:, r0:r0 + w.height, c0:c0 + w.width]
+
+    lr, hr_block, window_grid, _ = _central_window(lr_hsi, read_inside if FREE_KERNEL_WINDOW <= window else read_hr,
+                                                   grid, FREE_KERNEL_WINDOW)
     ratio = 1.0 / min(grid.scale_y, grid.scale_x)
     radius = min(FREE_KERNEL_MAX_RADIUS, int(math.ceil(2.0 * ratio)))
     floor = free_kernel_misfit(lr, hr_block, R, window_grid, radius, min_radius=int(math.ceil(ratio / 2)))
@@ -560,14 +568,16 @@ def blur_model_problem(psf: PSFEstimate) -> str | None:
 
 
 def _central_window(lr_hsi: np.ndarray, read_hr, grid: GridPair, window: int):
-    """The LR-HSI, the HR-MSI and their grid pair on a central output window of at most ``window`` a side."""
+    """The LR-HSI, the HR-MSI and their grid pair on a central output window of at most ``window`` a side, and
+    that window."""
     from affine import Affine
     from rasterio.windows import Window
 
     height, width = grid.hr_shape
     rows, cols = min(height, window), min(width, window)
     r0, c0 = (height - rows) // 2, (width - cols) // 2
-    hr_block = read_hr(Window(c0, r0, cols, rows))
+    hr_window = Window(c0, r0, cols, rows)
+    hr_block = read_hr(hr_window)
     ay, ax = grid.axis("y"), grid.axis("x")
     h, w = grid.lr_shape
     lr_r0 = int(np.clip(np.floor(ay.lr_coordinate(r0)), 0, h - 1))
@@ -576,7 +586,7 @@ def _central_window(lr_hsi: np.ndarray, read_hr, grid: GridPair, window: int):
     lr_c1 = int(np.clip(np.floor(ax.lr_coordinate(c0 + cols - 1)) + 1, lr_c0 + 1, w))
     window_grid = GridPair(grid.hr_transform @ Affine.translation(c0, r0), (rows, cols),
                            grid.lr_transform @ Affine.translation(lr_c0, lr_r0), (lr_r1 - lr_r0, lr_c1 - lr_c0))
-    return np.asarray(lr_hsi)[:, lr_r0:lr_r1, lr_c0:lr_c1], hr_block, window_grid
+    return np.asarray(lr_hsi)[:, lr_r0:lr_r1, lr_c0:lr_c1], hr_block, window_grid, hr_window
 
 
 # ----------------------------------------------------------------------------------------------- in memory

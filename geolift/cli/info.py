@@ -20,12 +20,12 @@ def info(
 
     def action():
         from geolift.io import open_scene
+        from geolift.io.products.common import product_identity
 
         scene = open_scene(source[0] if len(source) == 1 else list(source), check_data=False)
         facts = {
             "files": list(scene.paths),
-            "product": {k: scene.tags[k] for k in ("product_name", "sensor", "processing_level", "acquisition_time")
-                        if k in scene.tags},
+            "product": product_identity(scene),
             "crs": scene.crs.to_string(), "transform": list(scene.transform)[:6],
             "size": [scene.width, scene.height], "pixel_size": list(scene.res), "bands": scene.count,
             "wavelength_source": scene.wavelength_source,

@@ -17,9 +17,18 @@ from rasterio.windows import Window
 from geolift.errors import InputError
 from geolift.io.read import Scene
 
-__all__ = ["OVERLAP_CHOICES", "finish", "select_detectors"]
+__all__ = ["IDENTITY_TAGS", "OVERLAP_CHOICES", "finish", "product_identity", "select_detectors"]
 
 log = logging.getLogger("geolift")
+
+#: The tags every reader sets that say which product a scene is (the report's ``hsi_product``/``msi_product``).
+IDENTITY_TAGS = ("product_name", "sensor", "processing_level", "acquisition_time")
+
+
+def product_identity(scene: Scene) -> dict[str, str]:
+    """The scene's product identity (empty for a raster that is no product)."""
+    return {k: scene.tags[k] for k in IDENTITY_TAGS if k in scene.tags}
+
 
 #: What to do with the bands of a two-detector instrument where the detectors overlap (EnMAP, PRISMA).
 OVERLAP_CHOICES = ("keep", "vnir", "swir")

@@ -1,10 +1,10 @@
 """Pixel sources for product cubes that GDAL does not show as ``(bands, rows, cols)`` on the map grid.
 
-PRISMA stores its cubes band-interleaved by line, ``(rows, bands, cols)``, EMIT by pixel, ``(rows, cols, bands)``;
-GDAL may then show each image row as one "band" holding a ``bands x cols`` (or ``cols x bands``) image.
-:class:`InterleavedCube` reads such a dataset back as ``(bands, rows, cols)`` window by window. EMIT's cube is also in
-swath geometry: :class:`LookupTableGrid` places its pixels on the map grid through the product's geometry lookup
-table. The rest of geolift then sees an ordinary scene (see :class:`geolift.io.read.PixelSource`).
+PRISMA stores its cubes band-interleaved by line, ``(rows, bands, cols)``, and GDAL may then show each image row as
+one "band" holding a ``bands x cols`` image: :class:`InterleavedCube` reads such a dataset back as
+``(bands, rows, cols)`` window by window. EMIT stores its cube by pixel, ``(rows, cols, bands)``, in swath geometry:
+:class:`HDF5Cube` reads it and :class:`LookupTableGrid` places its pixels on the map grid through the product's
+geometry lookup table. The rest of geolift then sees an ordinary scene (see :class:`geolift.io.read.PixelSource`).
 """
 
 from __future__ import annotations
@@ -26,27 +26,20 @@ __all__ = ["HDF5Cube", "InterleavedCube", "LookupTableGrid", "gdal_layout"]
 
 @dataclass(frozen=True)
 class InterleavedCube:
-    """A cube of ``count`` bands as GDAL shows it: "bsq" (bands as bands), "bil" (rows as bands, each a
-    ``bands x cols`` image) or "bip" (rows as bands, each a ``cols x bands`` image)."""
+    """A ``(rows, bands, cols)`` dataset that GDAL shows with its image rows as bands, each a ``bands x cols``
+    image (PRISMA's HDF5 cubes, see :func:`gdal_layout`)."""
 
-    path: str  # the GDAL path of the dataset (an HDF5 or netCDF subdataset)
+    path: str  # the GDAL path of the dataset (an HDF5 subdataset)
     count: int  # spectral bands
-    layout: str = "bil"
-    config: tuple[tuple[str, str], ...] = ()  # GDAL configuration options to open it with
 
     def read(self, bands: Sequence[int] | None, window: Window) -> np.ndarray:
         """1-based spectral ``bands`` (None: all) of ``window`` as ``(bands, rows, cols)``."""
         idx = np.arange(1, self.count + 1) if bands is None else np.asarray(bands, dtype=int)
         first, last = int(idx.min()), int(idx.max())
         rows = list(range(int(window.row_off) + 1, int(window.row_off + window.height) + 1))
-        with _opened(self.path, self.config) as ds:
-            if self.layout == "bsq":
-                return ds.read([int(b) for b in idx], window=window)
-            if self.layout == "bil":
-                data = ds.read(rows, window=Window(window.col_off, first - 1, window.width, last - first + 1))
-                return np.ascontiguousarray(data[:, idx - first, :].transpose(1, 0, 2))
-            data = ds.read(rows, window=Window(first - 1, window.col_off, last - first + 1, window.width))
-            return np.ascontiguousarray(data[:, :, idx - first].transpose(2, 0, 1))
+        with _open_raster(self.path) as ds:
+            data = ds.read(rows, window=Window(window.col_off, first - 1, window.width, last - first + 1))
+        return np.ascontiguousarray(data[:, idx - first, :].transpose(1, 0, 2))
 
 
 @dataclass(frozen=True)
@@ -93,7 +86,7 @@ class LookupTableGrid:
     interpolated. A window reads only the swath rows and columns its map pixels point to.
     """
 
-    swath: InterleavedCube | HDF5Cube
+    swath: HDF5Cube
     glt_x: str  # GDAL paths of the two lookup tables (on the map grid), opened with ``config``
     glt_y: str
     fill: float
