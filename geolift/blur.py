@@ -11,6 +11,7 @@ the same code. The blur is a sum of at most a few separable terms (SVD of the ke
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ class GridPair:
     """The HR and LR pixel grids of one scene: two north-up affine transforms in the same CRS, and their sizes.
 
     Along each axis, HR pixel ``c`` has its centre at LR pixel coordinate ``u = scale·(c + 0.5) + offset``; it
-    belongs to LR pixel ``floor(u)`` (aggregation) and sits at ``u - 0.5`` in LR pixel-centre units (interpolation).
+    sits at ``u - 0.5`` in LR pixel-centre units (interpolation); its extent counts for the LR pixels it overlaps
+    (aggregation, :meth:`_Axis.aggregation`).
     """
 
     hr_transform: Affine
@@ -89,6 +91,11 @@ class GridPair:
             return _Axis(self.hr_shape[0], self.lr_shape[0], self.scale_y, self.offset_y)
         return _Axis(self.hr_shape[1], self.lr_shape[1], self.scale_x, self.offset_x)
 
+    def shifted(self, dx: float, dy: float) -> GridPair:
+        """The pair with the LR grid moved by (dx, dy) LR pixels: a co-registration error found in the data."""
+        return GridPair(self.hr_transform, self.hr_shape, self.lr_transform @ Affine.translation(dx, dy),
+                        self.lr_shape)
+
     def crop(self, hr_rows: tuple[int, int], hr_cols: tuple[int, int]) -> GridPair:
         """The pair for an HR window (and the full LR grid): used to estimate the PSF on part of a scene."""
         (r0, r1), (c0, c1) = hr_rows, hr_cols
@@ -107,11 +114,27 @@ class _Axis:
         return self.scale * (np.asarray(hr_index, dtype=np.float64) + 0.5) + self.offset
 
     def aggregation(self) -> sparse.csr_matrix:
-        """(n_lr, n_hr) 0/1 matrix: HR pixel c counts for the LR pixel containing its centre."""
+        """(n_lr, n_hr) matrix: HR pixel c counts for each LR pixel by the share of its extent inside it.
+
+        An LR pixel's value is the mean over its footprint, so an HR pixel cut by an LR pixel edge (a ratio
+        such as 2.5, or grids whose edges do not line up) counts for both, in proportion; where the edges nest
+        (edges within 1e-9 LR px of each other) every weight is exactly 0 or 1.
+        """
         cols = np.arange(self.n_hr)
-        rows = np.floor(self.lr_coordinate(cols)).astype(np.int64)
-        inside = (rows >= 0) & (rows < self.n_lr)
-        return sparse.csr_matrix((np.ones(inside.sum()), (rows[inside], cols[inside])), shape=(self.n_lr, self.n_hr))
+        start = self.scale * cols.astype(np.float64) + self.offset
+        end = start + self.scale
+        snap = np.round(start)
+        start = np.where(np.abs(start - snap) < 1e-9, snap, start)
+        snap = np.round(end)
+        end = np.where(np.abs(end - snap) < 1e-9, snap, end)
+        first = np.floor(start)
+        split = np.ceil(end) - first > 1  # the pixel's extent crosses an LR edge (scale < 1: at most one)
+        share = np.where(split, (first + 1 - start) / self.scale, 1.0)
+        rows = np.concatenate([first, first[split] + 1]).astype(np.int64)
+        where = np.concatenate([cols, cols[split]])
+        weights = np.concatenate([share, 1.0 - share[split]])
+        inside = (rows >= 0) & (rows < self.n_lr) & (weights > 0)
+        return sparse.csr_matrix((weights[inside], (rows[inside], where[inside])), shape=(self.n_lr, self.n_hr))
 
     def cubic_taps(self, hr_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Keys cubic interpolation (a = -0.5) from LR pixel centres to the HR pixel centres ``hr_index``: the
@@ -162,6 +185,11 @@ class PSFEstimate:
     gain: np.ndarray | None = field(default=None, compare=False, repr=False)
     offset: np.ndarray | None = field(default=None, compare=False, repr=False)
     free_residual: float = field(default=float("nan"), compare=False)  # a free-form kernel's misfit, the floor
+    shift: tuple[float, float] = (0.0, 0.0)  # (x, y) LR px the LR grid sits from where the transforms put it
+
+    def registered(self, grid: GridPair) -> GridPair:
+        """``grid`` with the co-registration error this fit found taken out (itself when none was found)."""
+        return grid.shifted(*self.shift) if any(self.shift) else grid
 
     @property
     def radius(self) -> int:
@@ -278,13 +306,15 @@ def _fit_misfit(z: np.ndarray, dbm: np.ndarray, mask: np.ndarray) -> tuple[float
 
 def estimate_psf(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair | None = None, *,
                  ratio: float | None = None, families: tuple[str, ...] = ("gaussian",),
-                 boundaries: tuple[str, ...] = ("nearest", "zero")) -> PSFEstimate:
+                 boundaries: tuple[str, ...] = ("nearest", "zero"), fit_shift: bool = True) -> PSFEstimate:
     """Estimate the LR sensor's blur (in HR pixels) from the two observations.
 
     Minimises ``||R·Y - (gain·D(B*M) + offset)||²`` over the kernel's width (and shape for Moffat) and the border
     convention, on the LR pixels whose HR footprint lies inside ``hr_msi`` and that are finite. ``hr_msi`` may be a
     window of the scene (``grid`` then describes that window; see :meth:`GridPair.crop`), which keeps this cheap
-    on large scenes. Give ``grid`` or, for the Wald case (same origin, integer ratio), ``ratio``.
+    on large scenes. Give ``grid`` or, for the Wald case (same origin, integer ratio), ``ratio``. With
+    ``fit_shift`` it also looks for a sub-pixel co-registration error (``shift``; :meth:`PSFEstimate.registered`
+    gives the grid to use with it).
     """
     lr_hsi = np.asarray(lr_hsi, dtype=np.float64)
     hr_msi = np.asarray(hr_msi, dtype=np.float64)
@@ -311,7 +341,41 @@ def estimate_psf(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: Gr
                     best = candidate
     if best is None or not math.isfinite(best.residual):
         raise ModelError("The blur could not be estimated: the two scenes share no valid low-resolution pixel.")
-    return best
+    return _fit_shift(z, hr_msi, grid, best) if fit_shift else best
+
+
+#: A co-registration error is taken out only when it is at least this large (LR px, along x or y) and its fit
+#: leaves at most this share of the misfit without it: below that, well-registered pairs keep their nominal grid.
+MIN_SHIFT, SHIFT_GAIN = 0.05, 0.8
+
+
+def _fit_shift(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate) -> PSFEstimate:
+    """The blur fit again with the LR grid free to move by up to half an LR pixel along x and y (Nelder-Mead over
+    the shift, then the width again): two products of one place are often misregistered by a fraction of a pixel,
+    which the consistency step would otherwise copy into the output as misplaced detail."""
+    def misfit(params: np.ndarray) -> float:
+        if np.max(np.abs(params)) > 0.5:
+            return float("inf")
+        return _psf_misfit(z, hr_msi, grid.shifted(*params), psf)[0]
+
+    res = optimize.minimize(misfit, np.zeros(2), method="Nelder-Mead",
+                            options={"initial_simplex": [[0.0, 0.0], [0.25, 0.0], [0.0, 0.25]], "xatol": 0.01,
+                                     "fatol": 1e-3 * psf.residual, "maxfev": 60})
+    dx, dy = (float(v) for v in res.x)
+    if max(abs(dx), abs(dy)) < MIN_SHIFT or not res.fun <= SHIFT_GAIN * psf.residual:
+        return psf
+    moved = grid.shifted(dx, dy)
+
+    def width_misfit(log_width: float) -> float:
+        return _psf_misfit(z, hr_msi, moved, dataclasses.replace(psf, width=math.exp(log_width)))[0]
+
+    r = grid.ratio
+    found = optimize.minimize_scalar(width_misfit, bounds=(math.log(0.1 * r), math.log(3.0 * r)), method="bounded",
+                                     options={"xatol": 0.01})
+    candidate = dataclasses.replace(psf, width=float(math.exp(found.x)), shift=(dx, dy))
+    value, gain, offset = _psf_misfit(z, hr_msi, moved, candidate)
+    log.debug("co-registration error found: %.3f, %.3f LR px (misfit %.3g -> %.3g)", dx, dy, psf.residual, value)
+    return dataclasses.replace(candidate, residual=float(value), gain=gain, offset=offset)
 
 
 #: The free-form kernel fit uses at most this many equations per unknown (a regular subsample of the LR pixels):
@@ -379,7 +443,7 @@ def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, gr
 def _psf_misfit(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate):
     dbm = degrade(hr_msi, grid, psf)
     op_counts = np.outer(grid.axis("y").aggregation().sum(axis=1), grid.axis("x").aggregation().sum(axis=1))
-    full = op_counts >= 0.999 * np.floor(1.0 / grid.scale_y) * np.floor(1.0 / grid.scale_x)
+    full = op_counts >= 0.999 / (grid.scale_y * grid.scale_x)  # LR pixels whose whole footprint is on the HR grid
     mask = full & np.all(np.isfinite(z), axis=0) & np.all(np.isfinite(dbm), axis=0)
     if mask.sum() < 4:
         return float("inf"), None, None

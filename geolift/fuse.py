@@ -544,14 +544,18 @@ def observe_low_res(plan: FusionPlan, lr_hsi: np.ndarray) -> LowResObservation |
     except ModelError as exc:
         return _skip_refine(report, str(exc).rstrip("."))
     report.psf = {"family": psf.family, "width_px": psf.width, "beta": psf.beta, "fwhm_px": psf.fwhm,
-                  "boundary": psf.boundary, "misfit": psf.residual, "free_kernel_misfit": psf.free_residual}
+                  "boundary": psf.boundary, "misfit": psf.residual, "free_kernel_misfit": psf.free_residual,
+                  "shift_hsi_px": list(psf.shift)}
     problem = rf.blur_model_problem(psf)
     if problem is not None:
         return _skip_refine(report, problem)
     log.info("Blur estimated from the data: %s, FWHM %.2f output px (%s border), misfit %.3g.",
              psf.family, psf.fwhm, psf.boundary, psf.residual)
+    if any(psf.shift):
+        log.info("The HSI grid sits %.2f, %.2f HSI px (x, y) from where its transform puts it, judged from the "
+                 "data; the consistency step uses the registered grid.", *psf.shift)
     basis = rf.spectral_subspace(lr_hsi, rf.SUBSPACE_RANK)
-    return LowResObservation(grid, psf, basis, rf.lr_coefficients(lr_hsi, basis), started)
+    return LowResObservation(psf.registered(grid), psf, basis, rf.lr_coefficients(lr_hsi, basis), started)
 
 
 def consistency_correction(plan: FusionPlan, observation: LowResObservation, progress: Progress | None = None
