@@ -190,6 +190,7 @@ def batch(
     def action():
         from geolift.batch import BatchSettings, dashboard_link, dask_client, pair_folders, read_manifest, run_batch
         from geolift.errors import BatchError, JobsFailedError
+        from geolift.fuse import check_output_options
 
         pairing = hsi_dir is not None or msi_dir is not None
         if manifest is not None and pairing:
@@ -206,6 +207,7 @@ def batch(
         log.info("geolift batch: %s", " ".join(sys.argv[1:]) or "(library call)")
 
         defaults = pair.fuse_options(output_choices)
+        check_output_options(defaults)  # --co/--cog mistakes stop the batch before any job starts
         if manifest is not None:
             jobs = read_manifest(manifest, outdir, defaults)
         else:
