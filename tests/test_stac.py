@@ -241,3 +241,72 @@ def test_berlin_fuse_cog_and_stac(tmp_path):
     assert EOExtension.ext(parsed.assets["data"]).bands[-1].center_wavelength == pytest.approx(2.409)
     assert item["properties"]["datetime"] == "2009-08-20T00:00:00Z" and item["properties"]["proj:epsg"] == 32633
     assert item["properties"]["proj:shape"] == [660, 494]
+
+
+# ------------------------------------------------------------------------------------------------------- batch
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    from distributed import Client
+
+    from geolift.batch import start_local_cluster
+
+    cluster = start_local_cluster(n_workers=1, torch_threads=1)
+    with Client(cluster) as client:
+        yield client
+    cluster.close()
+
+
+@pytest.mark.slow
+def test_batch_cog_creation_options_and_stac_collection(wald, dask_client, tmp_path):
+    """Two jobs with --cog --co --stac --qa: every output a COG with the option, an Item each and a Collection
+    that validate, the Collection's extent covering both; a rerun skips the jobs and still describes them."""
+    from geolift.batch.cluster import _has_bokeh
+
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("hsi,msi,sensor,bands,output,steps,seed\n"
+                        f"{wald.hsi},{wald.msi},sentinel2a,B2 B3 B4 B8,first.tif,20,1\n"
+                        f"{wald.hsi},{wald.msi},sentinel2a,B2 B3 B4 B8,sub/second.tif,20,2\n")
+    outdir = tmp_path / "out"
+    args = ["batch", manifest, "-o", outdir, "--scheduler", dask_client.scheduler.address, "--cog", "--tile-size",
+            128, "--co", "COMPRESS=ZSTD", "--stac", "--qa", "--progress", "none"]
+    run = run_cli(args)
+    assert run.exit_code == 0, run.stderr
+    # a cluster that serves the dashboard (bokeh installed: the dashboard extra) is announced with its link
+    assert ("geolift: Dask dashboard: http" in run.stderr) == _has_bokeh(), run.stderr
+
+    outputs = [outdir / "first.tif", outdir / "sub" / "second.tif"]
+    for out in outputs:
+        with rasterio.open(out) as ds:
+            structure = ds.tags(ns="IMAGE_STRUCTURE")
+            assert structure["LAYOUT"] == "COG" and structure["COMPRESSION"] == "ZSTD"
+    collection = json.loads((outdir / "collection.json").read_text())
+    assert_valid_collection(collection)
+    item_links = [link["href"] for link in collection["links"] if link["rel"] == "item"]
+    assert item_links == ["./first.stac.json", "./sub/second.stac.json"]
+    items = [json.loads((outdir / href).read_text()) for href in item_links]
+    for item, out, href in zip(items, outputs, item_links):
+        assert_valid_item(item)
+        assert resolve(item["assets"]["data"]["href"], outdir / href) == out
+        assert item["assets"]["data"]["type"].endswith("profile=cloud-optimized")
+        assert item["assets"]["qa"]["href"].endswith("_qa.tif")
+        assert item["collection"] == collection["id"]
+        assert resolve(next(lk["href"] for lk in item["links"] if lk["rel"] == "collection"), outdir / href) == \
+            (outdir / "collection.json")
+        assert item["properties"]["geolift:options"]["creation_options"] == ["COMPRESS=ZSTD"]
+    west, south, east, north = collection["extent"]["spatial"]["bbox"][0]
+    for item in items:
+        assert west <= item["bbox"][0] and south <= item["bbox"][1] and east >= item["bbox"][2] \
+            and north >= item["bbox"][3]
+    assert collection["extent"]["temporal"]["interval"] == [[None, None]]  # no input says when
+
+    (outdir / "first.stac.json").unlink()
+    run = run_cli(args)
+    assert run.exit_code == 0, run.stderr
+    rows = json.loads((outdir / "batch_report.json").read_text())["jobs"]
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert_valid_item(json.loads((outdir / "first.stac.json").read_text()))  # made again from the file
+
+    bad = run_cli([*args[:-8], "--co", "PREDICTOR=7", "--progress", "none"])
+    assert bad.exit_code == 5 and "PREDICTOR" in bad.stderr and "Traceback" not in bad.stderr
