@@ -475,7 +475,7 @@ def test_qgis_fuses_the_sample_pair_end_to_end(tmp_path):
     output = tmp_path / "fused.tif"
     done = qgis_process(
         tmp_path, "--json", "run", "geolift:fuse", "--", f"HSI={HSI}", f"MSI={MSI}", "STEPS=150", "SEED=1",
-        f"OUTPUT={output}",
+        "COG=true", f"OUTPUT={output}",
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert [path.name for path in tmp_path.glob("*fused.tif*")] == ["fused.tif"]  # no temporary left
@@ -487,6 +487,7 @@ def test_qgis_fuses_the_sample_pair_end_to_end(tmp_path):
         assert fused.crs == msi.crs
         assert fused.transform.almost_equals(msi.transform) and fused.shape == msi.shape
         assert fused.count == hsi.count == 177
+        assert fused.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and fused.overviews(1)  # the COG parameter
         fused_nm = np.array([float(fused.tags(b)["wavelength"]) for b in range(1, fused.count + 1)])
         hsi_nm = np.array([float(hsi.tags(b)["wavelength"]) for b in range(1, hsi.count + 1)])
         np.testing.assert_allclose(fused_nm, hsi_nm, atol=1e-3)

@@ -336,6 +336,10 @@ class HSIWriter:
             _remove_with_sidecars(cog)
             self.abort()
             raise OutputError(f"Making {self.path} a Cloud-Optimized GeoTIFF failed ({gdal_message(exc)}).") from None
+        except BaseException:  # Ctrl-C while GDAL copies: no temporary file is left either
+            _remove_with_sidecars(cog)
+            self.abort()
+            raise
         _remove_with_sidecars(self.temp_path)
         self.temp_path = cog
         self.cog_seconds = time.perf_counter() - started
