@@ -88,6 +88,8 @@ def fuse(
                 f"{result.hsi_bands} bands; SRF consistency RMSE vs the HR-MSI "
                 f"{result.srf_consistency_rmse:.4g} ({100 * result.srf_consistency_relative:.2f} % of its mean)."
             )
+            if stac is not None:
+                typer.echo(f"Wrote the STAC Item {stac}.")
         return result
 
     run_command(action)
