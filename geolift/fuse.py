@@ -106,6 +106,8 @@ class FuseOptions:
     dtype: str | None = None  # "float32" | "int16"; None: int16 for integer HSIs, else float32
     compress: str = "deflate"
     tile_size: int = 512
+    cog: bool = False  # write a Cloud-Optimized GeoTIFF (overviews, COG layout; GDAL's COG driver)
+    creation_options: tuple[str, ...] = ()  # GDAL creation options "NAME=VALUE" over geolift's (--co)
     num_threads: int = 2  # GDAL compression threads
     torch_threads: int | None = None  # torch threads for training and inference; None: leave torch's setting
     overwrite: bool = False
@@ -160,6 +162,7 @@ class FuseReport:
     predict_seconds: float = 0.0  # reading the MSI and network inference while writing (worker thread)
     correction_seconds: float = 0.0  # adding the correction to each window while writing (worker thread)
     encode_write_seconds: float = 0.0  # encoding, compressing and writing blocks (main thread)
+    cog_seconds: float = 0.0  # --cog: GDAL's COG driver copying the finished file (not in the file's own report)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,6 +362,7 @@ def observe_pair(
     options = options or FuseOptions()
     report = FuseReport(options=options.to_dict())
     hsi = open_scene(hsi_source, require_wavelengths=True, overlap=options.overlap)
+    output_encoding(hsi, options).probe(hsi.count)  # options GDAL refuses for this data fail now, not after training
     msi = open_scene(msi_source)
     report.hsi, report.msi = list(map(str, hsi.paths)), list(map(str, msi.paths))
     report.hsi_crs, report.msi_crs = hsi.crs.to_string(), msi.crs.to_string()
@@ -648,13 +652,27 @@ def _msi_window_covering(grid: Grid, msi_grid: Grid, pad: int = 2) -> Window | N
 # ---------------------------------------------------------------------------------------------
 
 
+def output_layout(options: FuseOptions) -> dict[str, Any]:
+    """The :class:`Encoding` fields the options choose whatever the data type: tiles, compression, threads, COG and
+    the user's GDAL creation options."""
+    return {"tile": options.tile_size, "compress": options.compress, "num_threads": options.num_threads,
+            "options": tuple(options.creation_options), "cog": options.cog}
+
+
+def check_output_options(options: FuseOptions) -> None:
+    """Refuse, before any work, output options that cannot work (``OutputError``): a bad tile size or compression,
+    an unknown or refused GDAL creation option or value (:mod:`geolift.io.gdal_options`). What GDAL refuses only
+    in combination with the data (e.g. JPEG for int16) is probed once the HSI is open (:meth:`Encoding.probe`)."""
+    Encoding(dtype=options.dtype or "float32", **output_layout(options))
+
+
 def output_encoding(hsi: Scene, options: FuseOptions) -> Encoding:
     """How the output is stored: in the HSI's own units (e.g. reflectance × 10000 as int16), with the options'
     tiles, compression and threads."""
     chosen = options.dtype or ("int16" if np.dtype(hsi.dtype).kind in "iu" else "float32")
     if chosen not in ("int16", "float32"):
         raise InputError(f"Unsupported output dtype {chosen!r}; choose int16 or float32.")
-    layout = {"tile": options.tile_size, "compress": options.compress, "num_threads": options.num_threads}
+    layout = output_layout(options)
     if chosen == "float32":
         return Encoding(dtype="float32", **layout)
     scale = float(hsi.scales[0]) if len(hsi.scales) else 1.0
@@ -709,7 +727,7 @@ def write_fusion(
     with ExitStack() as stack:
         qa_writer = None
         if qa_path is not None:  # entered first, so it is finished last: never a QA layer without its output
-            qa_encoding = Encoding(tile=options.tile_size, compress=options.compress, num_threads=options.num_threads)
+            qa_encoding = Encoding(**output_layout(options))
             qa_writer = stack.enter_context(HSIWriter(
                 qa_path, grid, OutputBands(names=qa.QA_BANDS), qa_encoding, overwrite=options.overwrite,
                 inputs=[*inputs, output], tags={"geolift_qa_for": Path(output).name},
@@ -745,6 +763,8 @@ def write_fusion(
                                                       "psf": report.psf}))
         t0 = time.perf_counter()
     report.encode_write_seconds += time.perf_counter() - t0  # closing flushes the last tiles
+    report.cog_seconds = writer.cog_seconds
+    report.encode_write_seconds -= writer.cog_seconds
     report.write_seconds = time.perf_counter() - started
     log.info("Wrote %s in %.1f s; SRF consistency vs HR-MSI: RMSE %.4g (%.2f %% of the mean).",
              output, report.write_seconds, report.srf_consistency_rmse, 100 * report.srf_consistency_relative)
@@ -768,6 +788,7 @@ def fuse_files(
     options = options or FuseOptions()
     output = Path(output) if output is not None else default_output_path(hsi_source)
     inputs = [*_as_list(hsi_source), *_as_list(msi_source)]
+    check_output_options(options)
     check_output_path(output, overwrite=options.overwrite, inputs=inputs)
     if qa is not None:
         check_output_path(qa, overwrite=options.overwrite, inputs=[*inputs, output])
@@ -790,5 +811,6 @@ def _json(obj: Any) -> str:
 
 __all__ = [
     "FuseOptions", "FuseReport", "FusionPlan", "consistency_correction", "default_output_path", "fuse_files",
-    "output_encoding", "pipelined", "prepare_fusion", "usable_cores", "write_fusion",
+    "check_output_options", "output_encoding", "output_layout", "pipelined", "prepare_fusion", "usable_cores",
+    "write_fusion",
 ]

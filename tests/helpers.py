@@ -142,3 +142,31 @@ def run_fuse(args: Sequence, tmp_path: Path, label: str, steps: int = 60):
                                       "none", "--report", str(tmp_path / f"{label}.json")])
     report = json.loads((tmp_path / f"{label}.json").read_text()) if result.exit_code == 0 else None
     return result, out, report
+
+
+@dataclass
+class CliRun:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: Sequence) -> CliRun:
+    """``geolift ARGS`` in-process through typer's runner, with stdout and stderr apart; the geolift logger's
+    handlers are put back afterwards (the command points them at the runner's streams)."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from geolift.cli import _register_commands, app
+
+    _register_commands()
+    logger = logging.getLogger("geolift")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # an unexpected exception is a bug: show it
+    return CliRun(result.exit_code, result.stdout, result.stderr)

@@ -322,6 +322,12 @@ def test_fingerprint_follows_inputs_and_result_relevant_options(tmp_path, data):
     assert job_hash(job_fingerprint(same_result)) == digest  # neither changes the pixels
     assert job_hash(job_fingerprint(replace(job, options=replace(job.options, steps=11)))) != digest
     assert job_hash(job_fingerprint(job, torch_threads=2)) != digest  # a fit depends on the thread count
+    # the output options added with --cog/--co change the file, so they count; at their defaults they are left out,
+    # so outputs finished before they existed stay up to date
+    assert not {"cog", "creation_options"} & set(job_fingerprint(job)["options"])
+    assert job_hash(job_fingerprint(replace(job, options=replace(job.options, cog=True)))) != digest
+    zstd = replace(job, options=replace(job.options, creation_options=("COMPRESS=ZSTD",)))
+    assert job_hash(job_fingerprint(zstd)) != digest
     stat = hsi.stat()
     os.utime(hsi, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert job_hash(job_fingerprint(job)) != digest

@@ -105,8 +105,9 @@ def test_fuse_arguments_follow_the_cli_contract():
     assert args[args.index("--steps") + 1] == "300" and args[args.index("--seed") + 1] == "7"
     with_qa = runner.fuse_arguments("h.tif", "m.tif", "o.tif", qa="o_qa.tif")
     assert with_qa[with_qa.index("--qa") + 1] == "o_qa.tif"
+    assert "--cog" in runner.fuse_arguments("h.tif", "m.tif", "o.tif", cog=True)
     from_metadata = runner.fuse_arguments("h.tif", "m.tif", "o.tif", sensor=runner.FROM_METADATA, bands="")
-    assert not {"--sensor", "--bands", "--steps", "--harmonize", "--drop-uncovered"} & set(from_metadata)
+    assert not {"--sensor", "--bands", "--steps", "--harmonize", "--drop-uncovered", "--cog"} & set(from_metadata)
 
 
 def test_sensor_choices_put_metadata_first():
@@ -397,7 +398,8 @@ def test_qgis_process_loads_provider_and_lists_the_algorithm(tmp_path):
 
     helped = qgis_process(tmp_path, "help", "geolift:fuse")
     assert helped.returncode == 0, helped.stderr
-    for name in ("HSI", "MSI", "SENSOR", "BANDS", "STEPS", "SEED", "DEVICE", "HARMONIZE", "DROP_UNCOVERED", "OUTPUT"):
+    for name in ("HSI", "MSI", "SENSOR", "BANDS", "STEPS", "SEED", "DEVICE", "HARMONIZE", "DROP_UNCOVERED", "COG",
+                 "OUTPUT"):
         assert f"\n{name}: " in helped.stdout
     assert "0: from MSI metadata" in helped.stdout and ": sentinel2a" in helped.stdout
 
@@ -414,7 +416,7 @@ def test_qgis_shows_progress_and_passes_arguments_to_a_stub_geolift(tmp_path):
     output = tmp_path / "out.tif"
     done = qgis_process(
         tmp_path, "run", "geolift:fuse", "--", f"HSI={HSI}", f"MSI={MSI}", "SENSOR=sentinel2a", "BANDS=B2,B3,B4,B8",
-        "STEPS=300", "SEED=3", f"OUTPUT={output}",
+        "STEPS=300", "SEED=3", "COG=true", f"OUTPUT={output}",
     )
     assert done.returncode == 0, done.stdout + done.stderr
     # QGIS's console feedback draws the progress we parsed: ticks up to 100.
@@ -422,7 +424,7 @@ def test_qgis_shows_progress_and_passes_arguments_to_a_stub_geolift(tmp_path):
     assert "geolift: read" in done.stdout and "geolift: train" in done.stdout  # stages as progress text
     assert (
         f"geolift: args fuse {HSI} {MSI} --output {output} --overwrite --progress plain --sensor sentinel2a "
-        "--bands B2,B3,B4,B8 --steps 300 --seed 3" in done.stdout
+        "--bands B2,B3,B4,B8 --steps 300 --seed 3 --cog" in done.stdout
     )
     assert "geolift: warning: WorldView-3 band B1 (78% covered)" in done.stdout + done.stderr  # a QGIS warning
     assert output.read_bytes() == HSI.read_bytes()
@@ -473,7 +475,7 @@ def test_qgis_fuses_the_sample_pair_end_to_end(tmp_path):
     output = tmp_path / "fused.tif"
     done = qgis_process(
         tmp_path, "--json", "run", "geolift:fuse", "--", f"HSI={HSI}", f"MSI={MSI}", "STEPS=150", "SEED=1",
-        f"OUTPUT={output}",
+        "COG=true", f"OUTPUT={output}",
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert [path.name for path in tmp_path.glob("*fused.tif*")] == ["fused.tif"]  # no temporary left
@@ -485,6 +487,7 @@ def test_qgis_fuses_the_sample_pair_end_to_end(tmp_path):
         assert fused.crs == msi.crs
         assert fused.transform.almost_equals(msi.transform) and fused.shape == msi.shape
         assert fused.count == hsi.count == 177
+        assert fused.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and fused.overviews(1)  # the COG parameter
         fused_nm = np.array([float(fused.tags(b)["wavelength"]) for b in range(1, fused.count + 1)])
         hsi_nm = np.array([float(hsi.tags(b)["wavelength"]) for b in range(1, hsi.count + 1)])
         np.testing.assert_allclose(fused_nm, hsi_nm, atol=1e-3)

@@ -21,8 +21,10 @@ def default_worker_count(torch_threads: int = 1) -> int:
 
 
 def _has_bokeh() -> bool:
+    """Whether the Dask dashboard can be served: bokeh installed, in a version this distributed accepts (the
+    ``dashboard`` extra: ``pip install geolift[dashboard]``)."""
     try:
-        import bokeh  # noqa: F401
+        import distributed.dashboard.core  # noqa: F401 - imports bokeh and checks its version
     except ImportError:
         return False
     return True

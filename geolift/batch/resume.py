@@ -32,6 +32,9 @@ SIDECAR_FORMAT = "geolift-batch/1"
 
 #: FuseOptions fields that do not change the output file (so they stay out of the job hash).
 _RESULT_NEUTRAL_OPTIONS = ("overwrite", "num_threads")
+#: FuseOptions fields added after outputs were first fingerprinted: left out of the hash at their defaults, so an
+#: output made before they existed is still up to date (any other value is hashed like every option).
+_OMITTED_AT_DEFAULT = {"cog": False, "creation_options": []}
 
 
 def _input_stamp(path: str) -> dict[str, Any]:
@@ -60,7 +63,8 @@ def job_fingerprint(job: BatchJob, torch_threads: int = 1, qa: bool = False) -> 
     companions (ENVI header, ``.aux.xml``); a custom SRF CSV by the SHA-256 of its content; URLs by
     the URL itself.
     """
-    options = {k: v for k, v in job.options.to_dict().items() if k not in _RESULT_NEUTRAL_OPTIONS}
+    options = {k: v for k, v in job.options.to_dict().items()
+               if k not in _RESULT_NEUTRAL_OPTIONS and not (k in _OMITTED_AT_DEFAULT and v == _OMITTED_AT_DEFAULT[k])}
     return {
         "geolift": __version__,
         "output": job.output,

@@ -168,6 +168,9 @@ def batch(
         "errors are never retried).")] = 2,
     qa: Annotated[bool, typer.Option(
         "--qa", help="Also write each output's reliability layer beside it, as <output name>_qa.tif.")] = False,
+    stac: Annotated[bool, typer.Option(
+        "--stac", help="Also write a STAC Item beside each output (<output name>.stac.json) and OUTDIR/"
+        "collection.json linking them (finished and up-to-date jobs).")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Redo every job, even those whose output is up to date.")] = False,
     pixels_per_task: Annotated[int, typer.Option(
@@ -190,6 +193,7 @@ def batch(
     def action():
         from geolift.batch import BatchSettings, dashboard_link, dask_client, pair_folders, read_manifest, run_batch
         from geolift.errors import BatchError, JobsFailedError
+        from geolift.fuse import check_output_options
 
         pairing = hsi_dir is not None or msi_dir is not None
         if manifest is not None and pairing:
@@ -206,6 +210,7 @@ def batch(
         log.info("geolift batch: %s", " ".join(sys.argv[1:]) or "(library call)")
 
         defaults = pair.fuse_options(output_choices)
+        check_output_options(defaults)  # --co/--cog mistakes stop the batch before any job starts
         if manifest is not None:
             jobs = read_manifest(manifest, outdir, defaults)
         else:
@@ -223,9 +228,15 @@ def batch(
                 link = dashboard_link(client)
                 if link:
                     log.info("Dask dashboard: %s", link)
+                elif not scheduler:
+                    log.info("Dask dashboard: off (it needs bokeh: pip install 'geolift[dashboard]').")
                 with _progress_display(display.progress_mode, len(jobs)) as callback:
                     report = run_batch(jobs, client, settings, progress=callback)
             json_path, csv_path = report.write(outdir)
+            if stac and not report.interrupted:
+                from geolift.batch.catalog import write_batch_catalog
+
+                write_batch_catalog(jobs, report, outdir, qa=qa)
             _print_summary(report, outdir, json_path, csv_path, display.quiet)
         finally:
             for logger, handler in file_handlers:

@@ -33,6 +33,12 @@ def fuse(
     qa: Annotated[Optional[Path], typer.Option(
         "--qa", help="Also write the reliability layer (per pixel: SRF residual, LR correction, novelty, nodata "
         "reason; docs/user-guide.md) as a GeoTIFF on the output grid.")] = None,
+    stac: Annotated[Optional[Path], typer.Option(
+        "--stac", metavar="ITEM.json", help="Also write a STAC Item (STAC 1.0, eo, raster and projection "
+        "extensions) describing the output, with links to the inputs.")] = None,
+    stac_datetime: Annotated[Optional[str], typer.Option(
+        "--stac-datetime", metavar="TIME", help="The acquisition time for the STAC Item when the inputs do not "
+        "say it (ISO 8601: 2009-08-20, 2009-08-20T10:31:00Z, or START/END); it wins over theirs.")] = None,
     *,
     pair: PairChoices,
     output_choices: OutputChoices,
@@ -45,16 +51,31 @@ def fuse(
     setup_logging(display.quiet)
 
     def action():
-        from geolift.errors import OutputError
-        from geolift.fuse import fuse_files, usable_cores
+        from geolift.errors import InputError, OutputError
+        from geolift.fuse import default_output_path, fuse_files, usable_cores
+        from geolift.io import check_output_path
 
         if report is not None and not report.expanduser().absolute().parent.is_dir():
             raise OutputError(f"The folder of the report {report} does not exist.")
         options = pair.fuse_options(output_choices, overwrite=overwrite, num_threads=threads or usable_cores(),
                                       torch_threads=threads or 1)
         msi_source = msi[0] if len(msi) == 1 else list(msi)
+        if stac_datetime is not None and stac is None:
+            raise InputError("--stac-datetime sets the time in the STAC Item; add --stac ITEM.json.")
+        if stac is not None:
+            from geolift.stac import parse_datetime_option
+
+            if stac_datetime is not None:
+                parse_datetime_option(stac_datetime)
+            out_path = output if output is not None else default_output_path(hsi)
+            others = [p for p in (out_path, qa, report) if p is not None]
+            check_output_path(stac, overwrite=overwrite, inputs=[hsi, *msi, *others])
         with progress_reporter(display.progress_mode) as callback:
             result = fuse_files(hsi, msi_source, output, options, progress=callback, qa=qa)
+        if stac is not None:
+            from geolift.stac import write_item
+
+            write_item(result.output, stac, datetime=stac_datetime, qa=qa)
         if report is not None:
             try:
                 report.write_text(json.dumps(result.to_dict(), indent=2, default=str))
@@ -67,6 +88,8 @@ def fuse(
                 f"{result.hsi_bands} bands; SRF consistency RMSE vs the HR-MSI "
                 f"{result.srf_consistency_rmse:.4g} ({100 * result.srf_consistency_relative:.2f} % of its mean)."
             )
+            if stac is not None:
+                typer.echo(f"Wrote the STAC Item {stac}.")
         return result
 
     run_command(action)

@@ -74,7 +74,8 @@ class PairChoices:
             overlap=self.overlap.value, resolution=self.resolution,
             steps=self.steps, seed=self.seed, device=self.device, align=not self.no_align, harmonize=self.harmonize,
             dtype=output.dtype.value if output.dtype else None, compress=output.compress.value,
-            tile_size=output.tile_size, strict=output.strict,
+            tile_size=output.tile_size, strict=output.strict, cog=output.cog,
+            creation_options=tuple(output.co or ()),
             **({"preset": output.preset} if output.preset else {}),  # none given: the model's default (geolift)
             **runtime,
         )
@@ -93,6 +94,13 @@ class OutputChoices:
         "instead of warning.")] = False
     tile_size: Annotated[int, typer.Option(
         "--tile-size", help="Internal GeoTIFF tile size (multiple of 16); smaller tiles need less memory.")] = 512
+    cog: Annotated[bool, typer.Option(
+        "--cog", help="Write a Cloud-Optimized GeoTIFF (internal overviews, COG layout), via GDAL's COG driver "
+        "once all tiles are written.")] = False
+    co: Annotated[Optional[list[str]], typer.Option(
+        "--co", metavar="NAME=VALUE", help="GDAL creation option (repeatable), e.g. --co COMPRESS=ZSTD --co "
+        "ZSTD_LEVEL=9; checked against GDAL's GTiff driver (COG driver with --cog), wins over geolift's own. The "
+        "tile size stays --tile-size.")] = None
 
 
 @dataclass(frozen=True)

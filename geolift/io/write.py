@@ -5,6 +5,12 @@ names, bad-band flags) and how (an :class:`~geolift.io.encoding.Encoding`), then
 time or as an iterable. It writes into a hidden temporary file next to the output
 (``.fused.tif.geolift-tmp-XXXX``) that replaces the output only when the ``with`` block ends without an
 exception; otherwise the temporary file is removed, so a failure never leaves a truncated output.
+
+With ``Encoding(cog=True)`` the finished temporary file gets internal overviews (averaged, halving until the
+smallest fits in one tile, as GDAL's COG driver would make them) and is then copied by GDAL's COG driver, which
+reorders it into the Cloud-Optimized GeoTIFF layout, into a second hidden temporary file that replaces the output.
+GDAL streams both steps block by block through its cache (``GDAL_CACHEMAX``), so memory stays bounded; the disk
+briefly holds the plain file with its overviews and the COG.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from geolift import __version__
 from geolift.errors import OutputError
 from geolift.grid import Grid
 from geolift.io.encoding import Encoding
+from geolift.io.gdal_options import GDAL_ERRORS, gdal_message
 from geolift.io.paths import NEW_FILE_MODE, PathLike, check_output_path
 
 __all__ = ["HSIWriter", "OutputBands", "write_hsi"]
@@ -126,6 +133,7 @@ class HSIWriter:
         self.temp_path: Path | None = None
         self._ds = None
         self._pixels_written = 0
+        self.cog_seconds = 0.0  # time GDAL's COG driver took to copy the finished file (with cog)
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> HSIWriter:
@@ -150,6 +158,12 @@ class HSIWriter:
         except OSError as exc:
             raise OutputError(f"Cannot create a file in {self.path.parent} ({exc.strerror}).") from exc
         self.temp_path = Path(tmp)
+        if self.encoding.options or self.encoding.cog:
+            try:  # GDAL may only notice a bad combination on its compression threads, and not say so: try it small
+                self.encoding.probe(self.count)
+            except OutputError:
+                self.abort()
+                raise
         try:
             self._ds = rasterio.open(self.temp_path, "w", **self.encoding.profile(self.grid, self.count))
             self._write_metadata()
@@ -252,6 +266,8 @@ class HSIWriter:
             self.abort()
             raise OutputError(f"Finishing {self.path} failed ({str(exc).strip().splitlines()[0]}).") from exc
         self._ds = None
+        if self.encoding.cog:
+            self._convert_to_cog()
         if self.path.exists() and not self.overwrite:
             self.abort()
             raise OutputError(f"Output {self.path} appeared while geolift was writing it; nothing was replaced.")
@@ -266,6 +282,69 @@ class HSIWriter:
         self.temp_path = None
         return self.path
 
+    def overview_factors(self) -> list[int]:
+        """2, 4, 8, ... until the smallest overview fits in one tile (none for an output of one tile)."""
+        factors, factor = [], 2
+        while max(self.width, self.height) / (factor // 2) > self.encoding.tile:
+            factors.append(factor)
+            factor *= 2
+        return factors
+
+    def _build_overviews(self, resampling: str) -> None:
+        """Internal overviews in the (closed, band-interleaved) temporary file; the COG driver then copies them."""
+        from rasterio.enums import Resampling
+        from rasterio.env import get_gdal_config
+
+        factors = self.overview_factors()
+        if not factors:
+            return
+        try:
+            method = Resampling[resampling.lower()]
+        except KeyError:  # a GDAL name rasterio lacks: the COG driver makes the overviews itself
+            return
+        threads = {} if get_gdal_config("GDAL_NUM_THREADS") else {"GDAL_NUM_THREADS": str(self.encoding.num_threads)}
+        with rasterio.Env(**threads), rasterio.open(self.temp_path, "r+") as ds:
+            ds.build_overviews(factors, method)
+
+    def _convert_to_cog(self) -> None:
+        """Copy the finished temporary GeoTIFF into a COG (another temporary file) with GDAL's COG driver; the
+        COG becomes the temporary file that replaces the output."""
+        import rasterio.shutil
+
+        started = time.perf_counter()
+        if not self.temp_path.is_file():
+            name = self.temp_path.name
+            self.abort()
+            raise OutputError(f"Making {self.path} a Cloud-Optimized GeoTIFF failed (its temporary file {name} "
+                              "disappeared); nothing was replaced.")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.geolift-tmp-cog-", dir=self.path.parent)
+            os.close(fd)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"Cannot create a file in {self.path.parent} ({exc.strerror}).") from exc
+        cog = Path(tmp)
+        logger.info("Writing %s as a Cloud-Optimized GeoTIFF (overviews and COG layout, GDAL's COG driver).",
+                    self.path.name)
+        options = self.encoding.cog_options
+        try:
+            if not {"OVERVIEWS", "OVERVIEW_COUNT"} & set(dict(self.encoding.options)):
+                self._build_overviews(options.get("OVERVIEW_RESAMPLING", "AVERAGE"))
+            rasterio.shutil.copy(self.temp_path, cog, driver="COG", **options)
+            os.chmod(cog, NEW_FILE_MODE)
+        except (*GDAL_ERRORS, OSError) as exc:
+            _remove_with_sidecars(cog)
+            self.abort()
+            raise OutputError(f"Making {self.path} a Cloud-Optimized GeoTIFF failed ({gdal_message(exc)}).") from None
+        except BaseException:  # Ctrl-C while GDAL copies: no temporary file is left either
+            _remove_with_sidecars(cog)
+            self.abort()
+            raise
+        _remove_with_sidecars(self.temp_path)
+        self.temp_path = cog
+        self.cog_seconds = time.perf_counter() - started
+        logger.info("COG layout written in %.1f s.", self.cog_seconds)
+
     def abort(self) -> None:
         """Drop the temporary file (and any sidecar); the output path is left as it was."""
         if self._ds is not None:
@@ -275,12 +354,17 @@ class HSIWriter:
                 pass
             self._ds = None
         if self.temp_path is not None:
-            for p in (self.temp_path, Path(str(self.temp_path) + ".aux.xml")):
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    pass
+            _remove_with_sidecars(self.temp_path)
             self.temp_path = None
+
+
+def _remove_with_sidecars(path: Path) -> None:
+    """Remove a temporary file and what GDAL may have put beside it (``.aux.xml``, the COG driver's ``.ovr.tmp``)."""
+    for p in (path, Path(str(path) + ".aux.xml"), Path(str(path) + ".ovr.tmp"), Path(str(path) + ".msk.ovr.tmp")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def write_hsi(

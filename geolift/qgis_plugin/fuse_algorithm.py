@@ -37,6 +37,9 @@ to map the MSI sensor's view of the HSI back to the HSI spectra, then applied to
 'from MSI metadata' builds Gaussian SRFs from the MSI's per-band wavelength and FWHM metadata. \
 <b>Bands</b>: which sensor bands the MSI holds, in order (e.g. B2,B3,B4,B8); empty means all of them. \
 <b>Custom SRF file</b> replaces the sensor by your own SRF CSV.</p>
+<p><b>Cloud-Optimized GeoTIFF</b>: the output gets internal overviews and the COG layout (GDAL's COG \
+driver), for fast display and for serving over HTTP; it takes a little longer and its tile size must be at least \
+128 px (the default 512 is).</p>
 <p>Empty training options use geolift's defaults. The run happens in a separate geolift process \
 (see the log for the exact command); canceling stops it and leaves no output file.</p>"""
 
@@ -68,6 +71,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
     DROP_UNCOVERED = "DROP_UNCOVERED"
     OUTPUT = "OUTPUT"
     QA = "QA"
+    COG = "COG"
 
     def __init__(self, config=None):
         super().__init__()
@@ -149,6 +153,8 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.COG, "Write a Cloud-Optimized GeoTIFF (internal overviews, COG layout)", defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Fused hyperspectral raster"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.QA, "Reliability layer (SRF residual, LR correction, novelty, nodata reason)", optional=True,
@@ -191,6 +197,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
             harmonize=self.parameterAsBoolean(parameters, self.HARMONIZE, context),
             drop_uncovered=self.parameterAsBoolean(parameters, self.DROP_UNCOVERED, context),
             qa=qa or None,
+            cog=self.parameterAsBoolean(parameters, self.COG, context),
         )
         try:
             command = resolve_command(self.config, executable_setting())

@@ -207,6 +207,7 @@ def fuse_arguments(
     harmonize: bool = False,
     drop_uncovered: bool = False,
     qa: str | None = None,
+    cog: bool = False,
 ) -> list[str]:
     """The ``geolift fuse`` arguments for one Processing run (without the program itself)."""
     args = ["fuse", hsi, msi, "--output", output, "--overwrite", "--progress", "plain"]
@@ -228,6 +229,8 @@ def fuse_arguments(
         args.append("--harmonize")
     if drop_uncovered:
         args.append("--drop-uncovered")
+    if cog:
+        args.append("--cog")
     return args
 
 
