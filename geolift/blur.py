@@ -350,21 +350,50 @@ MIN_SHIFT, SHIFT_GAIN = 0.05, 0.8
 
 
 def _fit_shift(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate) -> PSFEstimate:
-    """The blur fit again with the LR grid free to move by up to half an LR pixel along x and y (Nelder-Mead over
-    the shift, then the width again): two products of one place are often misregistered by a fraction of a pixel,
-    which the consistency step would otherwise copy into the output as misplaced detail."""
+    shift = _search_shift(z, hr_msi, grid, psf)
+    return psf if shift is None else _refit_width(z, hr_msi, grid, psf, shift)
+
+
+def find_shift(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair,
+               psf: PSFEstimate) -> tuple[float, float] | None:
+    """A sub-pixel misregistration of the LR grid (x, y LR px, each within half a pixel) that explains the data
+    clearly better than none with the blur ``psf`` (see :data:`MIN_SHIFT`, :data:`SHIFT_GAIN`), or None.
+
+    Two products of one place are often misregistered by a fraction of a pixel even after alignment, and the
+    consistency step would copy that into the output as misplaced detail. Nelder-Mead over the shift, on whatever
+    window the caller gives (a small central one is plenty: the shift is the same everywhere)."""
+    z = np.tensordot(np.asarray(R, np.float64), np.asarray(lr_hsi, np.float64), axes=1)
+    return _search_shift(z, np.asarray(hr_msi, dtype=np.float64), grid, psf)
+
+
+def refit_width(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair, psf: PSFEstimate,
+                shift: tuple[float, float]) -> PSFEstimate:
+    """``psf`` with its width fitted again on the grid moved by ``shift``, and that shift recorded."""
+    z = np.tensordot(np.asarray(R, np.float64), np.asarray(lr_hsi, np.float64), axes=1)
+    return _refit_width(z, np.asarray(hr_msi, dtype=np.float64), grid, psf, shift)
+
+
+def _search_shift(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate
+                  ) -> tuple[float, float] | None:
     def misfit(params: np.ndarray) -> float:
         if np.max(np.abs(params)) > 0.5:
             return float("inf")
         return _psf_misfit(z, hr_msi, grid.shifted(*params), psf)[0]
 
+    at_zero = misfit(np.zeros(2))
     res = optimize.minimize(misfit, np.zeros(2), method="Nelder-Mead",
                             options={"initial_simplex": [[0.0, 0.0], [0.25, 0.0], [0.0, 0.25]], "xatol": 0.01,
-                                     "fatol": 1e-3 * psf.residual, "maxfev": 60})
+                                     "fatol": 1e-3 * at_zero, "maxfev": 60})
     dx, dy = (float(v) for v in res.x)
-    if max(abs(dx), abs(dy)) < MIN_SHIFT or not res.fun <= SHIFT_GAIN * psf.residual:
-        return psf
-    moved = grid.shifted(dx, dy)
+    if max(abs(dx), abs(dy)) < MIN_SHIFT or not res.fun <= SHIFT_GAIN * at_zero:
+        return None
+    log.debug("co-registration error found: %.3f, %.3f LR px (misfit %.3g -> %.3g)", dx, dy, at_zero, res.fun)
+    return dx, dy
+
+
+def _refit_width(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate,
+                 shift: tuple[float, float]) -> PSFEstimate:
+    moved = grid.shifted(*shift)
 
     def width_misfit(log_width: float) -> float:
         return _psf_misfit(z, hr_msi, moved, dataclasses.replace(psf, width=math.exp(log_width)))[0]
@@ -372,9 +401,8 @@ def _fit_shift(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstima
     r = grid.ratio
     found = optimize.minimize_scalar(width_misfit, bounds=(math.log(0.1 * r), math.log(3.0 * r)), method="bounded",
                                      options={"xatol": 0.01})
-    candidate = dataclasses.replace(psf, width=float(math.exp(found.x)), shift=(dx, dy))
+    candidate = dataclasses.replace(psf, width=float(math.exp(found.x)), shift=(float(shift[0]), float(shift[1])))
     value, gain, offset = _psf_misfit(z, hr_msi, moved, candidate)
-    log.debug("co-registration error found: %.3f, %.3f LR px (misfit %.3g -> %.3g)", dx, dy, psf.residual, value)
     return dataclasses.replace(candidate, residual=float(value), gain=gain, offset=offset)
 
 

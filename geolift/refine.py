@@ -37,7 +37,9 @@ from geolift.blur import (
     _grid_for,
     degrade,
     estimate_psf,
+    find_shift,
     free_kernel_misfit,
+    refit_width,
 )
 from geolift.errors import ModelError
 from geolift.exact import ExactMatrix
@@ -558,23 +560,25 @@ def add_correction(correction: Correction, tile: np.ndarray, row_off: int, col_o
 def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridPair,
                          window: int = PSF_WINDOW, families: tuple[str, ...] = ("gaussian",)) -> PSFEstimate:
     """The blur from a central output window of at most ``window`` pixels a side and the LR pixels under it (not
-    the whole scene: cheap, and plenty), with the floor a free-form kernel reaches on a smaller central window
-    (``free_residual``, see :func:`blur_model_problem`). ``read_hr(Window)`` gives the HR-MSI there; the pipeline
+    the whole scene: cheap, and plenty), a sub-pixel misregistration found on a smaller central window
+    (``shift``, :func:`geolift.blur.find_shift`; the width is then fitted again with it), and the floor a free-form
+    kernel reaches on that smaller window (``free_residual``, see :func:`blur_model_problem`). ``read_hr(Window)`` gives the HR-MSI there; the pipeline
     reads its file, :func:`refine` slices its array, so both estimate the same blur from the same pixels."""
     lr, hr_block, window_grid, outer = _central_window(lr_hsi, read_hr, grid, window)
-    psf = estimate_psf(lr, hr_block, R, window_grid, families=families)
-
-    outer_block = hr_block
+    psf = estimate_psf(lr, hr_block, R, window_grid, families=families, fit_shift=False)
 
     def read_inside(w):  # both windows are central: the smaller one lies inside the block already read
         r0, c0 = w.row_off - outer.row_off, w.col_off - outer.col_off
-        return outer_block[:, r0:r0 + w.height, c0:c0 + w.width]
+        return hr_block[:, r0:r0 + w.height, c0:c0 + w.width]
 
-    lr, hr_block, window_grid, _ = _central_window(lr_hsi, read_inside if FREE_KERNEL_WINDOW <= window else read_hr,
-                                                   grid, FREE_KERNEL_WINDOW)
+    lr_small, hr_small, small_grid, _ = _central_window(
+        lr_hsi, read_inside if FREE_KERNEL_WINDOW <= window else read_hr, grid, FREE_KERNEL_WINDOW)
+    shift = find_shift(lr_small, hr_small, R, small_grid, psf)  # the same everywhere: the small window suffices
+    if shift is not None:
+        psf = refit_width(lr, hr_block, R, window_grid, psf, shift)
     ratio = 1.0 / min(grid.scale_y, grid.scale_x)
     radius = min(FREE_KERNEL_MAX_RADIUS, int(math.ceil(2.0 * ratio)))
-    floor = free_kernel_misfit(lr, hr_block, R, window_grid, radius, min_radius=int(math.ceil(ratio / 2)))
+    floor = free_kernel_misfit(lr_small, hr_small, R, small_grid, radius, min_radius=int(math.ceil(ratio / 2)))
     return dataclasses.replace(psf, free_residual=floor)
 
 
