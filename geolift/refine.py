@@ -75,6 +75,12 @@ REFINE_STRIP_ROWS = 64
 FREE_KERNEL_WINDOW, FREE_KERNEL_MAX_RADIUS, MODEL_MISFIT_RATIO = 384, 12, 10.0
 MISFIT_FLOOR = 1e-5  # below this share of variance, a misfit is noise-level whatever the ratio
 
+#: An LR pixel takes part in the solve only where the HR grid covers at least this share of its footprint. The mean
+#: over most of a footprint still says what the pixel saw: on tests/test_fuse.py's aligned Wald case, whose output
+#: window loses one HR column to the alignment (edge LR pixels ~75 % covered), requiring 99.9 % cost 0.95 dB; at
+#: 0.5, benchmarks/broad.py's misregistered case P12 let in a 60 % covered column of a dark border: -2.5 dB.
+MIN_FOOTPRINT_COVERED = 0.7
+
 #: Pass 1 reads the output grid in windows of this size, whatever the caller's tiles are: the LR sums are added
 #: window by window, and a fixed split (and order) keeps their rounding, and so the output, the same for every tile
 #: size, in ``geolift batch`` and in :func:`refine` (the library's ``SpectraLift.predict``).
@@ -153,15 +159,16 @@ class LowResAccumulator:
 
     def coefficients(self, in_place: bool = False) -> np.ndarray:
         """The degraded maps (k coefficient maps with a basis, else the C bands); NaN where nodata reached an LR
-        pixel or the HR grid does not cover its whole footprint (the mean would be over part of what the LR pixel
-        saw: such pixels carry no data into the solve). ``in_place`` divides the sums where they lie instead of in
-        a copy as large as the maps (a full EnMAP grid: 160 MB); the accumulator then takes no more tiles."""
+        pixel or the HR grid covers less than :data:`MIN_FOOTPRINT_COVERED` of its footprint (the mean would be
+        over too small a part of what the LR pixel saw: such pixels carry no data into the solve). ``in_place``
+        divides the sums where they lie instead of in a copy as large as the maps (a full EnMAP grid: 160 MB); the
+        accumulator then takes no more tiles."""
         self._check_open()
         counts = self._op.counts
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.divide(self._sums, counts, out=self._sums if in_place else None)
         self._finished = in_place
-        partial = counts < 0.999 / (self.grid.scale_y * self.grid.scale_x)
+        partial = counts < MIN_FOOTPRINT_COVERED / (self.grid.scale_y * self.grid.scale_x)
         out[:, partial | (self._nodata[0] > 1e-9)] = np.nan
         return out
 
@@ -562,8 +569,9 @@ def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridP
     """The blur from a central output window of at most ``window`` pixels a side and the LR pixels under it (not
     the whole scene: cheap, and plenty), a sub-pixel misregistration found on a smaller central window
     (``shift``, :func:`geolift.blur.find_shift`; the width is then fitted again with it), and the floor a free-form
-    kernel reaches on that smaller window (``free_residual``, see :func:`blur_model_problem`). ``read_hr(Window)`` gives the HR-MSI there; the pipeline
-    reads its file, :func:`refine` slices its array, so both estimate the same blur from the same pixels."""
+    kernel reaches on that smaller window (``free_residual``, see :func:`blur_model_problem`). ``read_hr(Window)``
+    gives the HR-MSI there; the pipeline reads its file, :func:`refine` slices its array, so both estimate the same
+    blur from the same pixels."""
     lr, hr_block, window_grid, outer = _central_window(lr_hsi, read_hr, grid, window)
     psf = estimate_psf(lr, hr_block, R, window_grid, families=families, fit_shift=False)
 
