@@ -166,8 +166,7 @@ def _open(source: Any, role: str, *, chunks: int | tuple[int, int] | None, lazy:
         SOURCE_ATTR: json.dumps({"role": role, "source": sources, "read": read, "token": name if lazy else None}),
         "scene_dtype": scene.dtype,
     }
-    scales = {float(v) for v in scene.scales} | {float(v) for v in scene.offsets}
-    if len({float(v) for v in scene.scales}) == 1 and len({float(v) for v in scene.offsets}) == 1 and scales:
+    if len(set(scene.scales.tolist())) == 1 and len(set(scene.offsets.tolist())) == 1:
         attrs["scene_scale"], attrs["scene_offset"] = float(scene.scales[0]), float(scene.offsets[0])
     da = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, attrs=attrs, name=role)
     da = _spatial(da, scene.crs, scene.transform)
@@ -390,11 +389,16 @@ def fuse(hsi: xr.DataArray, msi: xr.DataArray, sensor: str | None = None, bands:
     if scratch is not None:  # the report names the inputs; temporary files are no input anyone can find again
         plan.report.hsi = [] if "hsi" not in read else plan.report.hsi
         plan.report.msi = [] if "msi" not in read else plan.report.msi
-    return _result(plan, hsi, chunks, scratch)
+    encoding = None
+    if "hsi" not in read and opts.dtype is None and np.dtype(hsi.attrs.get("scene_dtype", "float32")).kind in "iu":
+        # the HSI went through a float32 file: store the output as the CLI would for the file it came from
+        encoding = {"dtype": "int16", "scale": hsi.attrs.get("scene_scale", 1.0),
+                    "offset": hsi.attrs.get("scene_offset", 0.0)}
+    return _result(plan, chunks, scratch, encoding)
 
 
-def _result(plan: pipeline.FusionPlan, hsi: xr.DataArray, chunks: int | tuple[int, int] | None,
-            scratch: _ScratchFolder | None) -> xr.DataArray:
+def _result(plan: pipeline.FusionPlan, chunks: int | tuple[int, int] | None, scratch: _ScratchFolder | None,
+            encoding: dict[str, Any] | None = None) -> xr.DataArray:
     grid, scene = plan.grid, plan.hsi
     rows, cols = (chunks, chunks) if isinstance(chunks, int) else (chunks or (plan.options.tile_size,) * 2)
     row_edges = list(range(0, grid.height, int(rows))) + [grid.height]
@@ -416,7 +420,9 @@ def _result(plan: pipeline.FusionPlan, hsi: xr.DataArray, chunks: int | tuple[in
                               "good_band": ("band", np.asarray(scene.good_bands, bool))}
     if scene.fwhm_nm is not None:
         coords["fwhm"] = ("band", np.asarray(scene.fwhm_nm, np.float64), _NM)
-    encoding = pipeline.output_encoding(scene, plan.options)
+    if encoding is None:
+        chosen = pipeline.output_encoding(scene, plan.options)
+        encoding = {"dtype": chosen.dtype, "scale": chosen.scale, "offset": chosen.offset}
     attrs = dict(pipeline.output_tags(plan))
     attrs |= {
         "geolift_parameters": json.dumps(plan.options.to_dict(), sort_keys=True, default=str),
@@ -424,7 +430,7 @@ def _result(plan: pipeline.FusionPlan, hsi: xr.DataArray, chunks: int | tuple[in
         "geolift_consistency": pipeline._json({"refined": plan.report.refined, "note": plan.report.refine_note,
                                                "psf": plan.report.psf}),
         "wavelength_units": "Nanometers",
-        ENCODING_ATTR: json.dumps({"dtype": encoding.dtype, "scale": encoding.scale, "offset": encoding.offset}),
+        ENCODING_ATTR: json.dumps(encoding),
     }
     da = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, attrs=attrs, name="fused")
     return _spatial(da, grid.crs, grid.transform).rio.write_nodata(np.nan, encoded=False)
@@ -433,7 +439,7 @@ def _result(plan: pipeline.FusionPlan, hsi: xr.DataArray, chunks: int | tuple[in
 # --------------------------------------------------------------------------------------------------- writing
 
 _NOT_TAGS = {"_FillValue", "long_name", "band_tags", "scale_factor", "add_offset", "units", "nodata", ENCODING_ATTR,
-             SOURCE_ATTR}
+             SOURCE_ATTR, "scene_dtype", "scene_scale", "scene_offset"}
 
 
 def to_geotiff(da: xr.DataArray, path: str | os.PathLike, *, dtype: str | None = None, cog: bool = False,

@@ -171,6 +171,7 @@ def test_inputs_changed_in_memory_are_fused_like_files(pair, fused):
     hsi, msi = pair
     loaded = gx.fuse(hsi.load(), msi.load(), steps=STEPS, seed=0, chunks=CHUNK)
     assert loaded.geolift.report["hsi"] == [] and fused.geolift.report["hsi"]  # no temporary path in the report
+    assert loaded.attrs["geolift_encoding"] == fused.attrs["geolift_encoding"]  # int16, as for the int16 file
     np.testing.assert_array_equal(loaded.isel(y=slice(200, 300), x=slice(300, 400)).values,
                                   fused.isel(y=slice(200, 300), x=slice(300, 400)).values)
 
@@ -224,6 +225,7 @@ def test_docs_walk_through(tmp_path, chunks_computed):
     fused = gx.fuse(hsi, msi, steps=STEPS, seed=0)  # trains and prepares the consistency step now
     assert fused.shape == (177, 660, 494) and fused.chunks[1] == (512, 148)
     nir = fused.sel(wavelength=860, method="nearest").isel(y=slice(0, 200), x=slice(0, 200)).compute()
+    assert float(nir["wavelength"]) == 864.0
     assert chunks_computed == [(0, 0)] and nir.shape == (200, 200) and float(nir.mean()) > 1000  # reflectance x 10000
     window = fused.isel(y=slice(0, 256), x=slice(0, 256))
     cog = window.geolift.to_geotiff(tmp_path / "berlin_window.tif", cog=True, stac=tmp_path / "berlin_window.json",
