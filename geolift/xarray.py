@@ -80,11 +80,22 @@ class _SceneReader:
         return self.scene.read(window=window, bands=list(bands))
 
 
+def _chunk_shape(chunks: int | tuple[int, int]) -> tuple[int, int]:
+    """``chunks`` (one size, or rows and cols) as positive (rows, cols); ``InputError`` otherwise."""
+    try:
+        rows, cols = (chunks, chunks) if isinstance(chunks, (int, np.integer)) else chunks
+        rows, cols = int(rows), int(cols)
+    except (TypeError, ValueError):
+        raise InputError(f"chunks must be a number of pixels or (rows, cols), got {chunks!r}.") from None
+    if rows < 1 or cols < 1:
+        raise InputError(f"chunks must be at least one pixel each way, got {chunks!r}.")
+    return rows, cols
+
+
 def _file_chunks(scene: Scene, chunks: int | tuple[int, int] | None) -> tuple[int, int]:
     """(rows, cols) of a chunk: ``chunks`` as given, else a multiple of the (first) file's blocks near 512 px."""
     if chunks is not None:
-        rows, cols = (chunks, chunks) if isinstance(chunks, int) else chunks
-        return int(rows), int(cols)
+        return _chunk_shape(chunks)
     block = (DEFAULT_CHUNK, DEFAULT_CHUNK)
     if len(scene.files) == 1 and scene.files[0].on_grid and scene.files[0].source is None:
         try:
@@ -280,13 +291,13 @@ def _transform(da: xr.DataArray) -> Affine:
     return derived
 
 
-def _write_input(da: xr.DataArray, path: Path, *, spectral: bool) -> Path:
+def _write_input(da: xr.DataArray, path: Path) -> Path:
     """Write ``da`` as a float32 GeoTIFF (NaN nodata, wavelengths as band tags) the pipeline reads back exactly."""
     grid = Grid(da.rio.crs, _transform(da), da.sizes["x"], da.sizes["y"])
     coords = da.coords
-    wl = np.asarray(coords["wavelength"], np.float64) if "wavelength" in coords and spectral else None
-    if wl is None and "wavelength" in coords and np.isfinite(np.asarray(coords["wavelength"], np.float64)).all():
-        wl = np.asarray(coords["wavelength"], np.float64)
+    wl = np.asarray(coords["wavelength"], np.float64) if "wavelength" in coords else None  # checked for the HSI
+    if wl is not None and not np.isfinite(wl).all():
+        wl = None  # an MSI with some band centres unknown: its band names (and --sensor/--bands) say what it holds
     fwhm = np.asarray(coords["fwhm"], np.float64) if "fwhm" in coords and wl is not None else None
     if fwhm is not None and not np.isfinite(fwhm).all():
         fwhm = None
@@ -370,6 +381,8 @@ def fuse(hsi: xr.DataArray, msi: xr.DataArray, sensor: str | None = None, bands:
     """
     _check_raster(hsi, "hsi", spectral=True)
     _check_raster(msi, "msi", spectral=False)
+    if chunks is not None:
+        _chunk_shape(chunks)  # a mistake stops the call before training
     opts = _options(sensor, bands, dict(options))
     pipeline.check_output_options(opts)
     scratch = None
@@ -382,7 +395,7 @@ def fuse(hsi: xr.DataArray, msi: xr.DataArray, sensor: str | None = None, bands:
             read[role] = source["read"]
             continue
         scratch = scratch or _ScratchFolder()
-        sources[role] = str(_write_input(da, scratch.path / f"{role}.tif", spectral=role == "hsi"))
+        sources[role] = str(_write_input(da, scratch.path / f"{role}.tif"))
     if read.get("hsi", {}).get("overlap") not in (None, opts.overlap) and "overlap" not in options:
         opts = pipeline.FuseOptions(**{**opts.__dict__, "overlap": read["hsi"]["overlap"]})
     plan = pipeline.prepare_fusion(sources["hsi"], sources["msi"], opts)
@@ -400,7 +413,7 @@ def fuse(hsi: xr.DataArray, msi: xr.DataArray, sensor: str | None = None, bands:
 def _result(plan: pipeline.FusionPlan, chunks: int | tuple[int, int] | None, scratch: _ScratchFolder | None,
             encoding: dict[str, Any] | None = None) -> xr.DataArray:
     grid, scene = plan.grid, plan.hsi
-    rows, cols = (chunks, chunks) if isinstance(chunks, int) else (chunks or (plan.options.tile_size,) * 2)
+    rows, cols = _chunk_shape(chunks if chunks is not None else plan.options.tile_size)
     row_edges = list(range(0, grid.height, int(rows))) + [grid.height]
     col_edges = list(range(0, grid.width, int(cols))) + [grid.width]
     plan_key = "geolift-plan-" + tokenize(id(plan), plan.report.options, grid.bounds, os.getpid())

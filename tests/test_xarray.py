@@ -177,6 +177,22 @@ def test_inputs_changed_in_memory_are_fused_like_files(pair, fused):
 
 
 @pytest.mark.slow
+def test_a_hand_built_dataarray_with_a_crs_and_wavelengths_is_fused_like_the_file(pair, fused):
+    """Arrays built from numpy (no geolift attributes, no written transform: it is derived from x/y) give the same
+    bits as the file they hold."""
+    hsi, msi = pair
+    plain = xr.DataArray(hsi.values, dims=("band", "y", "x"),
+                         coords={"band": np.arange(1, 178), "y": hsi.y.values, "x": hsi.x.values,
+                                 "wavelength": ("band", hsi.wavelength.values),
+                                 "fwhm": ("band", hsi.fwhm.values)}).rio.write_crs("EPSG:32633")
+    out = gx.fuse(plain, msi, steps=STEPS, seed=0, chunks=CHUNK)
+    assert out.shape == fused.shape and out.rio.crs == fused.rio.crs and out.rio.transform() == fused.rio.transform()
+    assert json.loads(out.attrs["geolift_encoding"])["dtype"] == "float32"  # nothing says the values were int16
+    window = {"y": slice(300, 360), "x": slice(200, 260)}
+    np.testing.assert_array_equal(out.isel(window).values, fused.isel(window).values)
+
+
+@pytest.mark.slow
 def test_a_dask_cluster_computes_the_same_chunks(pair, fused):
     """Worker processes get the plan (and a temporary input's path) through pickling and predict the same bits."""
     from distributed import Client
@@ -208,6 +224,10 @@ def test_bad_inputs_raise_geolift_errors(pair):
         gx.fuse(hsi.drop_vars("wavelength"), msi)
     with pytest.raises(InputError, match="Unknown fusion option"):
         gx.fuse(hsi, msi, step=10)
+    with pytest.raises(InputError, match="chunks must be"):
+        gx.fuse(hsi, msi, chunks=0)
+    with pytest.raises(InputError, match="chunks must be"):
+        gx.open_msi(BerlinPair().msi_tif, chunks=(64, -1))
     with pytest.raises(InputError, match="stac_datetime"):
         gx.to_geotiff(hsi, "x.tif", stac_datetime="2020-01-01")
 
