@@ -173,7 +173,8 @@ def _open(source: Any, role: str, *, chunks: int | tuple[int, int] | None, lazy:
     if scene.fwhm_nm is not None:
         coords["fwhm"] = ("band", np.asarray(scene.fwhm_nm, np.float64), _NM)
     coords["good_band"] = ("band", np.asarray(scene.good_bands, bool))
-    attrs = {
+    attrs: dict[str, Any] = dict(scene.tags)  # the dataset's tags (a product's identity, e.g. acquisition_time)
+    attrs |= {
         SOURCE_ATTR: json.dumps({"role": role, "source": sources, "read": read, "token": name if lazy else None}),
         "scene_dtype": scene.dtype,
     }
