@@ -444,7 +444,9 @@ def _result(plan: pipeline.FusionPlan, chunks: int | tuple[int, int] | None, scr
         "geolift_consistency": pipeline._json({"refined": plan.report.refined, "note": plan.report.refine_note,
                                                "psf": plan.report.psf}),
         "wavelength_units": "Nanometers",
-        ENCODING_ATTR: json.dumps(encoding),
+        ENCODING_ATTR: json.dumps(encoding | {"tile": plan.options.tile_size, "compress": plan.options.compress,
+                                              "cog": plan.options.cog, "num_threads": plan.options.num_threads,
+                                              "options": list(plan.options.creation_options)}),
     }
     da = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, attrs=attrs, name="fused")
     return _spatial(da, grid.crs, grid.transform).rio.write_nodata(np.nan, encoded=False)
@@ -456,16 +458,17 @@ _NOT_TAGS = {"_FillValue", "long_name", "band_tags", "scale_factor", "add_offset
              SOURCE_ATTR, "scene_dtype", "scene_scale", "scene_offset"}
 
 
-def to_geotiff(da: xr.DataArray, path: str | os.PathLike, *, dtype: str | None = None, cog: bool = False,
+def to_geotiff(da: xr.DataArray, path: str | os.PathLike, *, dtype: str | None = None, cog: bool | None = None,
                stac: str | os.PathLike | None = None, stac_datetime: str | None = None, overwrite: bool = False,
-               tile_size: int = 512, compress: str = "deflate", creation_options: Sequence[str] = (),
-               num_threads: int = 2) -> Path:
+               tile_size: int | None = None, compress: str | None = None,
+               creation_options: Sequence[str] | None = None, num_threads: int | None = None) -> Path:
     """Write ``da`` (``(band, y, x)`` with a CRS and ``wavelength`` coordinates, e.g. :func:`fuse`'s result or a
     window of it) with geolift's writer, chunk by chunk, atomically: what ``geolift fuse`` would write for it.
 
-    ``dtype`` defaults to the encoding the CLI chooses for the fused scene (``int16`` in the HSI's units for integer
-    HSIs, else ``float32``); ``cog`` makes a Cloud-Optimized GeoTIFF; ``stac`` also writes a STAC Item of the file
-    there (``stac_datetime`` as ``--stac-datetime``). Returns the output path.
+    Each output choice left at None is the one :func:`fuse` was given (its ``dtype``, ``cog``, ``tile_size``,
+    ``compress``, ``creation_options``, ``num_threads``), else the CLI's default: ``dtype`` as the CLI chooses it
+    (``int16`` in the HSI's units for integer HSIs, else ``float32``), no COG, 512-px tiles, deflate, 2 threads.
+    ``stac`` also writes a STAC Item of the file there (``stac_datetime`` as ``--stac-datetime``). Returns the path.
     """
     _check_raster(da, "output", spectral=True)
     path = Path(path)
@@ -482,11 +485,17 @@ def to_geotiff(da: xr.DataArray, path: str | os.PathLike, *, dtype: str | None =
         chosen = json.loads(da.attrs.get(ENCODING_ATTR, "{}"))
     except ValueError:
         chosen = {}
+    chosen = chosen if isinstance(chosen, dict) else {}
     dtype = dtype or chosen.get("dtype") or "float32"
     scaled = dtype == "int16" and chosen.get("dtype") == "int16"
+
+    def pick(given: Any, key: str, default: Any) -> Any:
+        return given if given is not None else chosen.get(key, default)
+
     encoding = Encoding(dtype=dtype, scale=chosen.get("scale") if scaled else None,
-                        offset=chosen.get("offset") if scaled else None, tile=tile_size, compress=compress,
-                        num_threads=num_threads, options=tuple(creation_options), cog=cog)
+                        offset=chosen.get("offset") if scaled else None, tile=pick(tile_size, "tile", 512),
+                        compress=pick(compress, "compress", "deflate"), num_threads=pick(num_threads, "num_threads", 2),
+                        options=tuple(pick(creation_options, "options", ())), cog=pick(cog, "cog", False))
     coords = da.coords
     fwhm = np.asarray(coords["fwhm"], np.float64) if "fwhm" in coords else None
     good = np.asarray(coords["good_band"], bool) if "good_band" in coords else None

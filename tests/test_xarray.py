@@ -162,6 +162,13 @@ def test_to_geotiff_writes_what_geolift_fuse_writes(fused, cli_float32, tmp_path
         assert ds.descriptions == ref.descriptions and ds.tags(5) == ref.tags(5)
         assert ds.tags(5, ns="IMAGERY") == ref.tags(5, ns="IMAGERY")
         assert ds.tags()["geolift_parameters"] == fused.attrs["geolift_parameters"]
+        assert ds.block_shapes[0] == (512, 512) and ds.compression.name.lower() == "deflate"
+    small = fused.isel(y=slice(0, 40), x=slice(0, 40))
+    with rasterio.open(gx.to_geotiff(small, tmp_path / "small.tif", dtype="float32", tile_size=16, compress="zstd",
+                                     creation_options=["ZSTD_LEVEL=1"])) as ds:
+        assert ds.dtypes[0] == "float32" and ds.block_shapes[0] == (16, 16) and ds.compression.name.lower() == "zstd"
+        np.testing.assert_array_equal(ds.read(), small.values)
+        assert ds.transform == fused.rio.transform()  # a window at the origin keeps the grid's exact transform
 
 
 @pytest.mark.slow
