@@ -4,7 +4,8 @@ The core library (no CLI code): ``geolift.srf`` (sensor response curves),
 ``geolift.model`` (the SpectraLift engine), ``geolift.evaluate`` (Wald protocol,
 metrics, baselines), ``geolift.io`` (rasters in and out), ``geolift.align``,
 ``geolift.refine`` (the consistency step), ``geolift.fuse`` (the pipeline) and
-``geolift.batch`` (many pairs on Dask). ``docs/architecture.md`` draws the layout.
+``geolift.batch`` (many pairs on Dask); ``geolift.xarray`` (lazy DataArrays in and out, ``docs/xarray.md``).
+``docs/architecture.md`` draws the layout.
 """
 
 from importlib.metadata import PackageNotFoundError

@@ -680,6 +680,13 @@ def output_encoding(hsi: Scene, options: FuseOptions) -> Encoding:
     return Encoding(dtype="int16", scale=scale, offset=offset, **layout)
 
 
+def output_tags(plan: FusionPlan) -> dict[str, str]:
+    """The dataset tags the output gets from its inputs: the HSI's own (not its geolift ones) and the MSI product's
+    identity beside them (the writer adds geolift's version, parameters and report)."""
+    tags = {k: v for k, v in plan.hsi.tags.items() if k not in ("AREA_OR_POINT",) and not k.startswith("geolift")}
+    return tags | {f"msi_{k}": v for k, v in plan.report.msi_product.items()}
+
+
 def write_fusion(
     plan: FusionPlan,
     output: PathLike,
@@ -697,8 +704,7 @@ def write_fusion(
     """
     options, report, hsi = plan.options, plan.report, plan.hsi
     grid = plan.grid
-    keep_tags = {k: v for k, v in hsi.tags.items() if k not in ("AREA_OR_POINT",) and not k.startswith("geolift")}
-    keep_tags |= {f"msi_{k}": v for k, v in report.msi_product.items()}  # the MSI product's identity beside the HSI's
+    keep_tags = output_tags(plan)
     stats = {"sq_error": 0.0, "sq_count": 0, "msi_sum": 0.0, "predict": 0.0}
     refined = getattr(plan, "correction", None) is not None
     report.correction_seconds = 0.0  # apply_correction adds to it (on this machine; not in batch tile tasks)
@@ -811,6 +817,6 @@ def _json(obj: Any) -> str:
 
 __all__ = [
     "FuseOptions", "FuseReport", "FusionPlan", "consistency_correction", "default_output_path", "fuse_files",
-    "check_output_options", "output_encoding", "output_layout", "pipelined", "prepare_fusion", "usable_cores",
-    "write_fusion",
+    "check_output_options", "output_encoding", "output_layout", "output_tags", "pipelined", "prepare_fusion",
+    "usable_cores", "write_fusion",
 ]

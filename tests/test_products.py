@@ -142,6 +142,29 @@ def test_fusing_the_zipped_product_equals_fusing_the_handmade_geotiff(enmap_case
     assert report["hsi_masked_pixels"]["cloud"] == 9
 
 
+@pytest.mark.slow
+def test_the_xarray_api_reads_and_fuses_the_zipped_product(enmap_case, tmp_path):
+    """``geolift.xarray.open_hsi`` on the ZIP: geolift's product reader (gain applied, masks as NaN, bad bands, the
+    acquisition time), and ``fuse`` on it gives what ``fuse_files`` writes for the product."""
+    import geolift.xarray as gx
+    from geolift.fuse import FuseOptions, fuse_files
+
+    _, archive, msi, _, wl, _ = enmap_case
+    hsi = gx.open_hsi(archive)
+    scene = open_scene(archive, require_wavelengths=True)
+    np.testing.assert_array_equal(hsi["wavelength"].values, wl)
+    assert not hsi["good_band"].values[-2:].any() and hsi["good_band"].values[:-2].all()
+    np.testing.assert_array_equal(hsi.values, scene.read())  # DN x gain, cloud and defect pixels NaN
+    assert np.isnan(hsi.values[(slice(None), *CLOUD)]).all() and hsi.attrs["acquisition_time"] == START
+    assert hsi.rio.encoded_nodata == NODATA and np.isnan(hsi.rio.nodata)  # NaN in the array, the file's value
+    fused = gx.fuse(hsi, gx.open_msi(msi), sensor="sentinel2", steps=60, seed=0, chunks=32)
+    fuse_files(archive, msi, tmp_path / "cli.tif", FuseOptions(sensor="sentinel2", steps=60, seed=0,
+                                                               dtype="float32"))
+    with rasterio.open(tmp_path / "cli.tif") as ds:
+        np.testing.assert_array_equal(fused.values, ds.read())
+    assert fused.geolift.report["hsi_product"]["acquisition_time"] == START
+
+
 def test_a_folder_that_is_not_a_product_is_still_refused_as_a_folder(tmp_path):
     with pytest.raises(GeoliftError, match="is a folder"):
         open_scene(tmp_path)
