@@ -356,9 +356,9 @@ def solve_on_basis(observed: np.ndarray, degraded: np.ndarray, basis: np.ndarray
     mirror-extended LR grid, so it costs a few FFTs of k coefficient maps, one map at a time (``P·S`` is applied
     as a k x k map onto an orthonormal basis of its range, which keeps every norm), and GCV (generalised
     cross-validation) picks the weight from the data without knowing the noise level: one for all maps, then,
-    on the residual's principal components, one per component that may only be heavier (benchmarks/broad.py:
-    +0.1 to +0.4 dB and 1-16 % lower SAM than one weight for all, most where the LR-HSI is noisy). ``observed``
-    is overwritten (it becomes the residual).
+    on the residual's principal components, one per component that may only be heavier (four cases of
+    benchmarks/broad.py: +0.07 to +0.44 dB and 1-16 % lower SAM than one weight for all). ``observed`` is
+    overwritten (it becomes the residual).
     """
     R = np.asarray(R, dtype=np.float64)
     basis = np.asarray(basis, dtype=np.float64)
@@ -410,27 +410,27 @@ def solve_on_basis(observed: np.ndarray, degraded: np.ndarray, basis: np.ndarray
         E = spectrum(residual_map)
         energy += E.real ** 2 + E.imag ** 2
 
-    def gcv(log_lam: float) -> float:
-        lam = math.exp(log_lam)
-        filt = lam / (power + lam)
-        return float(np.sum(weights * filt**2 * energy) / np.sum(weights * filt) ** 2)
+    def choose(energy: np.ndarray) -> float:
+        """The Tikhonov weight that minimises GCV for a residual whose spectrum has this ``energy``."""
+        def gcv(log_lam: float) -> float:
+            lam = math.exp(log_lam)
+            filt = lam / (power + lam)
+            return float(np.sum(weights * filt**2 * energy) / np.sum(weights * filt) ** 2)
 
-    def choose() -> float:
         top = float(power.max())
         logs = np.linspace(math.log(top * 1e-6), math.log(top * 10.0), 41)
         i = int(np.argmin([gcv(v) for v in logs]))
         lo, hi = logs[max(0, i - 1)], logs[min(len(logs) - 1, i + 1)]
         return math.exp(optimize.minimize_scalar(gcv, bounds=(lo, hi), method="bounded").x)
 
-    lam = choose() if regularization is None else float(regularization)
+    lam = choose(energy) if regularization is None else float(regularization)
     lams = [lam] * len(residual)
     if regularization is None:
         # GCV once more per component, never below the joint weight: a component that is mostly noise (white
         # across the LR grid) gets a heavier weight, so the correction carries less of it into the output
         for i, residual_map in enumerate(residual):
             E = spectrum(residual_map)
-            energy = E.real ** 2 + E.imag ** 2
-            lams[i] = max(lam, choose())
+            lams[i] = max(lam, choose(E.real ** 2 + E.imag ** 2))
     inner = (slice(pad_y, pad_y + h), slice(pad_x, pad_x + w))
     e = np.empty(residual.shape, dtype=np.float32)
     sum_before = sum_after = 0.0
