@@ -469,9 +469,9 @@ def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, gr
 
 
 def _psf_misfit(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate):
-    dbm = degrade(hr_msi, grid, psf)
-    op_counts = np.outer(grid.axis("y").aggregation().sum(axis=1), grid.axis("x").aggregation().sum(axis=1))
-    full = op_counts >= 0.999 / (grid.scale_y * grid.scale_x)  # LR pixels whose whole footprint is on the HR grid
+    op = _BlurAggregate.build(grid, psf.kernel(), psf.boundary)  # once per evaluation: its counts serve the mask
+    dbm = _degrade_with(op, hr_msi)
+    full = op.counts >= 0.999 / (grid.scale_y * grid.scale_x)  # LR pixels whose whole footprint is on the HR grid
     mask = full & np.all(np.isfinite(z), axis=0) & np.all(np.isfinite(dbm), axis=0)
     if mask.sum() < 4:
         return float("inf"), None, None
