@@ -10,14 +10,18 @@ aligned, 4 the model cannot be fitted or used, 5 the output cannot be written,
 refused by ``--strict``. The CLI adds 130
 (interrupted) and 137 (out of memory); click's usage errors exit 2.
 
-Warnings (:class:`GeoliftWarning`) go through Python's warnings module, so a library
-user can filter them; :func:`log_warnings` turns them into records of the
-``geolift`` logger, which the CLI prints as one line ``geolift: warning: <sentence>``
-and which batch tasks forward to the client.
+Warnings (:class:`GeoliftWarning`, issued with :func:`warn`) go through Python's warnings
+module, so a library user can filter them; :func:`log_warnings` turns them into records of
+the ``geolift`` logger, which the CLI prints as one line ``geolift: warning: <sentence>``.
+Batch tasks use :func:`warnings_to_log` instead: Python's warning filters are shared by
+every thread of a process, a thread-local switch is not.
 """
 
 import logging
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class GeoliftError(Exception):
@@ -84,6 +88,33 @@ class JobsFailedError(BatchError):
 
 class GeoliftWarning(UserWarning):
     """Something was changed or dropped on the user's behalf (e.g. an uncovered band)."""
+
+
+_THIS_THREAD = threading.local()
+
+
+def warn(message: str, stacklevel: int = 2) -> None:
+    """Issue a :class:`GeoliftWarning` (attributed ``stacklevel`` frames up, as ``warnings.warn``); on a thread
+    inside :func:`warnings_to_log` it becomes a warning record of the ``geolift`` logger directly."""
+    if getattr(_THIS_THREAD, "to_log", False):
+        logging.getLogger("geolift").warning("%s", message)
+    else:
+        warnings.warn(message, GeoliftWarning, stacklevel=stacklevel + 1)
+
+
+@contextmanager
+def warnings_to_log() -> Iterator[None]:
+    """Make :func:`warn` on this thread log, whatever the process-wide warning filters are at that moment.
+
+    A batch worker runs other code on other threads (Dask, torch, the readers of earlier tasks); a filter or
+    ``showwarning`` swapped by any of them, or a ``catch_warnings`` exiting out of order, must not lose a
+    task's warning."""
+    before = getattr(_THIS_THREAD, "to_log", False)
+    _THIS_THREAD.to_log = True
+    try:
+        yield
+    finally:
+        _THIS_THREAD.to_log = before
 
 
 def log_warnings() -> None:

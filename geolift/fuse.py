@@ -46,7 +46,6 @@ import os
 import re
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
@@ -63,10 +62,10 @@ from geolift import refine as rf
 from geolift.bands import msi_product_choices, msi_response_curves
 from geolift.errors import (
     AlignmentError,
-    GeoliftWarning,
     InconsistentPairError,
     InputError,
     ModelError,
+    warn,
 )
 from geolift.grid import Grid
 from geolift.io import Encoding, HSIWriter, OutputBands, Scene, check_output_path, open_scene
@@ -336,9 +335,8 @@ def _report_msi_product(msi: Scene, report: FuseReport) -> None:
         log.info("Acquired: HSI %s, MSI %s: %.1f days apart.", times[0].isoformat(), times[1].isoformat(),
                  report.days_apart)
         if report.days_apart > MAX_DAYS_APART:
-            warnings.warn(f"The HSI and the MSI were acquired {report.days_apart:.0f} days apart (more than "
-                          f"{MAX_DAYS_APART}): the ground may have changed between them (crops, water, snow).",
-                          GeoliftWarning, stacklevel=2)
+            warn(f"The HSI and the MSI were acquired {report.days_apart:.0f} days apart (more than "
+                 f"{MAX_DAYS_APART}): the ground may have changed between them (crops, water, snow).")
 
 
 def _acquired(text: str) -> datetime.datetime | None:

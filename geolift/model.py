@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geolift.errors import GeoliftWarning, ModelError
+from geolift.errors import ModelError, warn
 from geolift.exact import ExactMatrix
 
 __all__ = [
@@ -687,8 +686,7 @@ class SpectraLift:
 
     @staticmethod
     def _skip_consistency(x0: np.ndarray, reason: str) -> np.ndarray:
-        warnings.warn(f"Consistency step skipped: {reason}; the output is the network's prediction alone.",
-                      GeoliftWarning, stacklevel=3)
+        warn(f"Consistency step skipped: {reason}; the output is the network's prediction alone.", stacklevel=3)
         return x0
 
     def _predict_network(self, hr_msi: np.ndarray, progress: Progress | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import rasterio
 
 from geolift import srf
-from geolift.errors import GeoliftWarning, MetadataError, SensorError, SpectralCoverageError
+from geolift.errors import GeoliftWarning, MetadataError, SensorError, SpectralCoverageError, warnings_to_log
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data"
@@ -336,6 +337,20 @@ def test_uncovered_band_raises_or_is_dropped_with_a_warning():
     assert result.matrix.shape == (2, wl.size)
     np.testing.assert_allclose(result.matrix.sum(axis=1), 1.0, atol=1e-6)
     assert result.coverage["B6"] == pytest.approx(0.0)
+
+
+def test_inside_a_batch_task_the_warning_is_logged_whatever_the_shared_filters(caplog):
+    """Batch tasks log their warnings through a per-thread switch: another thread of the worker silencing all
+    warnings at that moment (here: a filter set process-wide) must not swallow the task's warning."""
+    wl = np.arange(400.0, 1001.0, 5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with warnings_to_log(), caplog.at_level(logging.WARNING, logger="geolift"):
+            srf.build_response("landsat8", ["B4", "B5", "B6"], wl, drop_uncovered=True)
+        with warnings.catch_warnings(record=True) as outside:  # off the switch, the shared filters rule again
+            srf.build_response("landsat8", ["B4", "B5", "B6"], wl, drop_uncovered=True)
+    assert [r.levelno for r in caplog.records if "Dropped Landsat" in r.getMessage()] == [logging.WARNING]
+    assert outside == []
 
 
 def test_a_band_mostly_inside_is_used_with_a_warning_and_one_mostly_outside_is_refused():

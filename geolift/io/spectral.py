@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from geolift.errors import GeoliftWarning, MetadataError
+from geolift.errors import MetadataError, warn
 from geolift.units import guess_unit_factor, unit_factor
 
 __all__ = ["SpectralMetadata", "spectral_metadata"]
@@ -170,11 +169,7 @@ def spectral_metadata(ds, path: Path, bands: Sequence[int]) -> SpectralMetadata:
                     break
     if wavelengths is not None:
         if guessed:
-            warnings.warn(
-                f"{path} gives wavelengths without a unit; they were read as {guessed} from their magnitude.",
-                GeoliftWarning,
-                stacklevel=2,
-            )
+            warn(f"{path} gives wavelengths without a unit; they were read as {guessed} from their magnitude.")
         if not np.all((wavelengths >= 100) & (wavelengths <= 100_000)):
             raise MetadataError(
                 f"{path} has wavelengths outside 100 nm - 100 µm after unit conversion "

@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from geolift.errors import GeoliftWarning, MetadataError, SensorError, SpectralCoverageError
+from geolift.errors import MetadataError, SensorError, SpectralCoverageError, warn
 from geolift.srf.curves import _FOUR_LN2, SensorLike, _as_srfset, _unit_factor
 
 __all__ = ["FULL_COVERAGE", "GAP_FACTOR", "MIN_COVERAGE", "SpectralResponse", "build_response", "response_matrix"]
@@ -234,18 +233,17 @@ def build_response(
             f"Dropped {srf.display_name} band(s) {'; '.join(details)}: not covered by the "
             f"hyperspectral bands, which span {span}."
         )
-        warnings.warn(message, GeoliftWarning, stacklevel=2)
+        warn(message)
 
     partial = [i for i in range(len(srf.band_names)) if keep[i] and fractions[i] < FULL_COVERAGE]
     if partial:
         ranges = srf.half_max_ranges_nm()
         details = "; ".join(f"{srf.band_names[i]} ({fractions[i]:.0%} covered, half-maximum "
                             f"{ranges[i, 0]:.0f}-{ranges[i, 1]:.0f} nm)" for i in partial)
-        warnings.warn(
+        warn(
             f"{srf.display_name} {'band' if len(partial) == 1 else 'bands'} {details} "
             f"{'lies' if len(partial) == 1 else 'lie'} partly outside the hyperspectral range "
-            f"({_format_ranges(covered)}); only the covered part of the response is used, renormalised.",
-            GeoliftWarning, stacklevel=2,
+            f"({_format_ranges(covered)}); only the covered part of the response is used, renormalised."
         )
 
     kept = responses[keep] * (weights * inside)

@@ -35,14 +35,13 @@ import logging
 import math
 import re
 import tarfile
-import warnings
 import zipfile
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from geolift.errors import GeoliftWarning, InputError, MetadataError, SensorError
+from geolift.errors import InputError, MetadataError, SensorError, warn
 from geolift.io.paths import PathLike
 from geolift.io.products.common import finish, select_detectors
 from geolift.io.products.folders import ProductFiles, local_path, metadata_root, zip_members
@@ -245,8 +244,8 @@ def open(found: ProductFiles, check_data: bool = True, overlap: str = "keep") ->
         raise InputError(f"The Landsat product {found.name} has none of its reflective band files beside its MTL "
                          f"file ({', '.join(missing) or 'the MTL file lists none'}).")
     if missing:
-        warnings.warn(f"The Landsat product {found.name} lacks {', '.join(missing)} beside its MTL file; those "
-                      "bands are left out.", GeoliftWarning, stacklevel=2)
+        warn(f"The Landsat product {found.name} lacks {', '.join(missing)} beside its MTL file; those "
+             "bands are left out.")
     scales = np.array([_number(params, f"REFLECTANCE_MULT_BAND_{n}", where) for n in present]) / sun
     offsets = np.array([_number(params, f"REFLECTANCE_ADD_BAND_{n}", where) for n in present]) / sun
     bands = open_scene(list(present.values()), nodata=0, check_data=False)
