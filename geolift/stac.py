@@ -417,18 +417,32 @@ def collection_for_items(items: Iterable[tuple[Mapping[str, Any], Path]], collec
     }
 
 
+def _item_written_for(output: str | os.PathLike, path: Path) -> dict[str, Any] | None:
+    """The Item at ``path`` if it was written after ``output`` and reads as JSON; None otherwise."""
+    try:
+        if path.stat().st_mtime < Path(output).stat().st_mtime:
+            return None
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def batch_collection(outputs: Sequence[tuple[str | os.PathLike, str | os.PathLike | None]],
-                     collection_path: str | os.PathLike) -> tuple[Path, list[Path], list[str]]:
+                     collection_path: str | os.PathLike, *,
+                     reuse_items: bool = False) -> tuple[Path, list[Path], list[str]]:
     """Write one Item beside each ``(output, qa or None)`` (:func:`item_path_for`) and the Collection linking them at
     ``collection_path``; returns the Collection's path, the Items' paths and a sentence per output that failed
-    (its Item is left out; the others are written)."""
+    (its Item is left out; the others are written). With ``reuse_items``, an Item already beside its output and
+    newer than it (batch workers write them) is read instead of made again."""
     written: list[tuple[dict[str, Any], Path]] = []
     failures: list[str] = []
     for output, qa in outputs:
         path = item_path_for(output)
         try:
-            item = item_for_output(output, path, qa=qa, collection=collection_path)
-            write_json_atomic(item, path)
+            item = _item_written_for(output, path) if reuse_items else None
+            if item is None:
+                item = item_for_output(output, path, qa=qa, collection=collection_path)
+                write_json_atomic(item, path)
         except (InputError, OutputError) as exc:
             failures.append(f"{Path(output).name}: {exc}")
             continue

@@ -352,7 +352,7 @@ def test_retryable_failures_are_worker_and_io_errors_not_input_errors():
 
 @pytest.mark.slow
 @pytest.mark.reproducible  # batch writes what fuse writes, bit for bit: under every kernel level in .ci/run
-def test_batch_fuses_real_data_and_reports_the_broken_job(first_run, references):
+def test_batch_fuses_real_data_and_reports_the_broken_job(client, first_run, references):
     jobs, report, outdir, events, keys, _ = first_run
     status = {r.job: r for r in report.results}
     berlin, a, b, c, broken = (status[j.name] for j in jobs)
@@ -369,9 +369,11 @@ def test_batch_fuses_real_data_and_reports_the_broken_job(first_run, references)
     np.testing.assert_array_equal(read_all(jobs[1].output), references["a"])
     np.testing.assert_array_equal(read_all(jobs[2].output), references["b"])
 
+    workers = set(client.scheduler_info()["workers"])
     for job in jobs[:4]:
         sidecar = json.loads(sidecar_path(job.output).read_text())
         assert sidecar["hash"] == job_hash(job_fingerprint(job)) and sidecar["job"] == job.name
+        assert sidecar["written_by"]["worker"] in workers  # a worker wrote it, not this (the client's) process
     assert not list(outdir.glob(".*geolift-tmp-*"))
     stages = {e.stage for e in events if e.job == jobs[0].name}
     assert {"read", "train", "write", "done"} <= stages
@@ -429,7 +431,7 @@ def test_batch_survives_a_worker_killed_mid_job(client, data, references, tmp_pa
     deadline = time.monotonic() + 60
     while killed is None and runner.is_alive() and time.monotonic() < deadline:
         for address, keys in client.processing().items():
-            if any(str(k).startswith(("geolift_prepare-enmap_sim_berlin", "geolift_tiles-enmap_sim_berlin"))
+            if any(str(k).startswith(("geolift_job-enmap_sim_berlin", "geolift_tiles-enmap_sim_berlin"))
                    for k in keys):
                 pid = client.run(os.getpid, workers=[address])[address]
                 psutil.Process(pid).kill()  # SIGKILL: no cleanup, like the OOM killer
@@ -447,6 +449,48 @@ def test_batch_survives_a_worker_killed_mid_job(client, data, references, tmp_pa
     np.testing.assert_array_equal(read_all(jobs[1].output), references["a"])
     assert not list((tmp_path / "out").glob(".*geolift-tmp-*"))
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_writing_leaves_nothing_visible_and_the_retry_completes(client, references, tmp_path):
+    """Kill (SIGKILL) the worker whose job task is writing Berlin's output: no output appears until the retry has
+    written all of it, the retry's output is identical to geolift fuse, and no temporary file is left."""
+    manifest = write_manifest(tmp_path / "jobs.csv", [berlin_row()])
+    outdir = tmp_path / "out"
+    jobs = read_manifest(manifest, outdir)
+    output = Path(jobs[0].output)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(report=run_batch(jobs, client, SETTINGS)))
+    runner.start()
+
+    killed, visible_at_kill, first_sight = None, None, None
+    deadline = time.monotonic() + 120
+    while killed is None and runner.is_alive() and time.monotonic() < deadline:
+        if list(outdir.glob(f".{output.name}.geolift-tmp-*")):  # the writer has started
+            writers = [address for address, keys in client.processing().items()
+                       if any(str(k).startswith("geolift_job-enmap_sim_berlin") for k in keys)]
+            if writers:
+                pid = client.run(os.getpid, workers=writers[:1])[writers[0]]
+                psutil.Process(pid).kill()
+                killed = writers[0]
+                visible_at_kill = output.exists() or sidecar_path(output).exists()
+        time.sleep(0.02)
+    while first_sight is None and runner.is_alive() and time.monotonic() < deadline:
+        if output.exists():  # the first moment the retry's output is visible, it is already whole
+            first_sight = read_all(output)
+        time.sleep(0.02)
+    runner.join(timeout=60)
+    assert killed is not None, "Berlin's writer was never seen writing"
+    assert visible_at_kill is False
+    if first_sight is not None:  # (None: the batch finished between two looks)
+        np.testing.assert_array_equal(first_sight, references["berlin"])
+
+    report = outcome["report"]
+    assert report.results[0].status == "done" and report.results[0].attempts == 2
+    np.testing.assert_array_equal(read_all(output), references["berlin"])
+    assert json.loads(sidecar_path(output).read_text())["written_by"]["worker"] != killed
+    assert not list(outdir.glob(".*geolift-tmp-*"))
+    client.wait_for_workers(2, timeout=60)
 
 
 @pytest.mark.slow

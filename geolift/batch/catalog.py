@@ -19,13 +19,14 @@ COLLECTION_FILE = "collection.json"
 
 def write_batch_catalog(jobs: Sequence[BatchJob], report: BatchReport, outdir: str | Path,
                         qa: bool = False) -> tuple[Path, list[Path]]:
-    """Write ``<output stem>.stac.json`` beside every output the batch finished or found up to date (from the file
-    itself, so a skipped job gets its Item too) and ``OUTDIR/collection.json`` linking them, its extent covering all;
+    """Write ``OUTDIR/collection.json`` linking the Item beside every output the batch finished or found up to date,
+    its extent covering all. The workers wrote the Items of the jobs they ran; a skipped job's Item is made here
+    from the file if it has none yet (a few header reads);
     failed jobs have no Item. Returns the Collection's and the Items' paths; an Item that cannot be made is a
     warning (the others are written)."""
     finished = {r.job for r in report.results if r.status in ("done", "skipped")}
     outputs = [(job.output, job.qa_output if qa else None) for job in jobs if job.name in finished]
-    collection, items, failures = batch_collection(outputs, Path(outdir) / COLLECTION_FILE)
+    collection, items, failures = batch_collection(outputs, Path(outdir) / COLLECTION_FILE, reuse_items=True)
     for failure in failures:
         log.warning("No STAC Item for %s", failure)
     log.info("STAC: %s links %d Item(s).", collection, len(items))

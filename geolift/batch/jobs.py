@@ -50,6 +50,7 @@ class BatchSettings:
     pixels_per_task: int = 512 * 512  # output pixels per tile task; scenes up to this size are one task
     max_active_jobs: int | None = None  # jobs in flight at once (writer threads); None: 2 x worker threads + 1
     tasks_ahead: int | None = None  # tile tasks submitted ahead of the writer per job; None: worker threads
+    stac_collection: str | None = None  # also write a STAC Item beside each output, linking this Collection file
 
     def __post_init__(self) -> None:
         if self.torch_threads < 1:

@@ -1,14 +1,13 @@
-"""The client side of a batch: runs every job that is not up to date on a Dask client and reports each one.
+"""The client side of a batch: decides which jobs to run, submits one job task each, retries, and reports.
 
-Each job has a thread on the client that submits its prepare task, then its tile tasks a few ahead of the writer,
-and streams the blocks in window order through :func:`geolift.fuse.write_fusion` (the code path of
-``geolift fuse``, so the output is identical) into the atomic writer. See :mod:`geolift.batch` for the design.
+The client never touches a pixel: each job task (:mod:`geolift.batch.writer`) trains, predicts and writes its
+outputs on the workers. Each active job has a client thread that only waits for its task's small result, so a few
+threads coordinate thousands of jobs. See :mod:`geolift.batch` for the design.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid
@@ -20,38 +19,14 @@ from typing import Any
 
 from geolift.batch.jobs import BatchJob, BatchSettings, JobEvent
 from geolift.batch.report import BatchReport, JobResult, job_result, pair_check_text
-from geolift.batch.resume import (
-    SIDECAR_FORMAT,
-    is_complete,
-    job_fingerprint,
-    job_hash,
-    read_sidecar,
-    remove_leftovers,
-    sidecar_path,
-    write_json_atomic,
-)
-from geolift.batch.tasks import describe_failure, is_retryable, predict_task, prepare_task
+from geolift.batch.resume import is_complete, job_fingerprint, job_hash, read_sidecar
+from geolift.batch.tasks import describe_failure, is_retryable
+from geolift.batch.writer import JobOutcome, job_task, token_for
 from geolift.errors import BatchError, GeoliftError
-from geolift.fuse import write_fusion
-from geolift.io import check_output_path, is_remote
 
 __all__ = ["run_batch"]
 
 log = logging.getLogger("geolift")
-
-
-class _Tries:
-    """The most tries any one task of a job needed (what the report calls its attempts)."""
-
-    def __init__(self) -> None:
-        self.most = 0
-
-    def record(self, tries: int) -> None:
-        self.most = max(self.most, tries)
-
-
-def _window_key(window) -> tuple[int, int, int, int]:
-    return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
 
 
 class _Runner:
@@ -62,7 +37,6 @@ class _Runner:
         self.settings = settings
         self.emit = emit
         self.topic = topic
-        self.ahead = settings.tasks_ahead or max(2, threads)
         self.stopping = threading.Event()
         self._futures_lock = threading.Lock()
         self._live: set = set()
@@ -94,155 +68,69 @@ class _Runner:
             except Exception:  # noqa: BLE001 - best effort while stopping
                 pass
 
-    def _await(self, future, resubmit: Callable[[], Any], tries: _Tries, job: BatchJob, what: str):
-        """The future's result; retryable failures are resubmitted up to ``retries`` times."""
+    def _await_job(self, job: BatchJob, submit: Callable[[int], Any]) -> JobOutcome:
+        """The job task's outcome; a retryable failure (its worker died, memory, I/O) is resubmitted up to
+        ``retries`` times; the last failure, or any other, is raised as :class:`_JobFailedError`."""
         attempt = 1
         while True:
+            future = self._track(submit(attempt))
             try:
-                value = future.result()
-                tries.record(attempt)
-                return future, value
-            except Exception as exc:
-                tries.record(attempt)
-                if self.stopping.is_set() or not is_retryable(exc) or attempt > self.settings.retries:
-                    self._forget([future])
-                    future.release()
-                    raise
-                reason = describe_failure(exc)
-                log.warning("%s: %s failed (%s); retrying (%d of %d).", job.name, what, reason, attempt,
-                            self.settings.retries)
-                self.emit(JobEvent(job.name, "retry", attempt, self.settings.retries, reason))
+                return future.result()
+            except Exception as exc:  # noqa: BLE001 - classified below
+                failure = exc
+            finally:
                 self._forget([future])
                 future.release()
-                attempt += 1
-                future = self._track(resubmit())
+            if self.stopping.is_set() or not is_retryable(failure) or attempt > self.settings.retries:
+                raise _JobFailedError(failure, attempt)
+            reason = describe_failure(failure)
+            log.warning("%s: job task failed (%s); retrying (%d of %d).", job.name, reason, attempt,
+                        self.settings.retries)
+            self.emit(JobEvent(job.name, "retry", attempt, self.settings.retries, reason))
+            attempt += 1
 
     # -- one job -------------------------------------------------------------------------------
     def run(self, job: BatchJob, fingerprint: dict[str, Any], digest: str) -> JobResult:
         started = time.perf_counter()
-        tries = _Tries()
-        futures: list = []
         try:
             if self.stopping.is_set():
                 raise _InterruptedError()
-            output = Path(job.output)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            local_inputs = [i for i in job.inputs if not is_remote(i)]
-            check_output_path(output, overwrite=True, inputs=local_inputs)
-            remove_leftovers(output)
-            qa_path = None
-            if self.settings.qa:
-                qa_path = check_output_path(job.qa_output, overwrite=True, inputs=[*local_inputs, output])
-                remove_leftovers(qa_path)
             log.info("%s: started (%s + %s).", job.name, Path(job.hsi).name, ", ".join(Path(m).name for m in job.msi))
             self.emit(JobEvent(job.name, "read", 0, 1))
+            token = token_for(job, digest)
 
-            token = f"{re.sub(r'[^A-Za-z0-9_]+', '_', job.name)[:40]}-{digest[:8]}"
-
-            def submit_prepare():
+            def submit(attempt: int):
                 return self.client.submit(
-                    prepare_task, job, self.settings.torch_threads, self.settings.pixels_per_task, self.topic,
-                    self.settings.qa,
-                    key=f"geolift_prepare-{token}-{uuid.uuid4().hex[:8]}", priority=0, pure=False)
+                    job_task, job, self.settings, fingerprint, digest, self.topic, attempt,
+                    key=f"geolift_job-{token}-{uuid.uuid4().hex[:8]}", priority=0, pure=False)
 
-            plan_future, prepared = self._await(self._track(submit_prepare()), submit_prepare, tries, job, "training")
-            plan = prepared.plan
-            if prepared.blocks is None:
-                futures.append(plan_future)  # tile tasks need the plan on the cluster
-            else:
-                self._forget([plan_future])
-                plan_future.release()
-            windows = plan.output_windows()
-            if prepared.blocks is not None:
-                by_window = dict(zip(map(_window_key, windows), prepared.blocks))
-                fetch = lambda window: by_window.pop(_window_key(window))  # noqa: E731
-                feed = None
-            else:
-                feed = _TileFeed(self, job, token, plan_future, windows, tries)
-                fetch = feed.block
-                log.info("%s: %d output windows in %d tile tasks.", job.name, len(windows), len(feed.groups))
-            try:
-                write_fusion(plan, output,
-                             progress=lambda d, t, s: self.emit(JobEvent(job.name, "write", d, t)),
-                             inputs=job.inputs, blocks=fetch, qa_path=qa_path)
-            finally:
-                if feed is not None:
-                    feed.close()
+            outcome = self._await_job(job, submit)
             seconds = time.perf_counter() - started
-            write_json_atomic(sidecar_path(output), {
-                "format": SIDECAR_FORMAT, "job": job.name, "hash": digest, "fingerprint": fingerprint,
-                "finished_utc": _utc_now(), "seconds": round(seconds, 3), "attempts": max(tries.most, 1),
-                "pair_check": plan.report.pair_check,
-            })
-            log.info("%s %s: done in %.1f s -> %s", self._count(), job.name, seconds, output)
+            log.info("%s %s: done in %.1f s -> %s", self._count(), job.name, seconds, job.output)
             self.emit(JobEvent(job.name, "done", 1, 1))
-            return job_result(job, "done", seconds=seconds, attempts=max(tries.most, 1),
-                              pair_check=pair_check_text(plan.report.pair_check))
+            return job_result(job, "done", seconds=seconds, attempts=outcome.attempts, pair_check=outcome.pair_check)
         except Exception as exc:
             seconds = time.perf_counter() - started
+            attempts = exc.attempts if isinstance(exc, _JobFailedError) else 1
+            exc = exc.cause if isinstance(exc, _JobFailedError) else exc
             reason = "interrupted" if self.stopping.is_set() else describe_failure(exc)
             if not isinstance(exc, (GeoliftError, _InterruptedError)) and not self.stopping.is_set():
                 log.debug("%s failed", job.name, exc_info=True)
-            log.error("%s %s: failed after %d attempt(s): %s", self._count(), job.name, max(tries.most, 1), reason)
+            log.error("%s %s: failed after %d attempt(s): %s", self._count(), job.name, attempts, reason)
             self.emit(JobEvent(job.name, "failed", 0, 0, reason))
-            return job_result(job, "failed", reason, seconds, max(tries.most, 1))
-        finally:
-            self._forget(futures)
-            for f in futures:
-                f.release()
+            return job_result(job, "failed", reason, seconds, attempts)
 
 
 class _InterruptedError(Exception):
     pass
 
 
-class _TileFeed:
-    """Hands one job's output blocks to the writer in window order, keeping a few tile tasks ahead."""
+class _JobFailedError(Exception):
+    """A job task's last failure and how many attempts the job had."""
 
-    def __init__(self, runner: _Runner, job: BatchJob, token: str, plan_future, windows: list, tries: _Tries):
-        self.runner, self.job, self.token, self.plan_future, self.tries = runner, job, token, plan_future, tries
-        tile = job.options.tile_size
-        per_task = max(1, runner.settings.pixels_per_task // (tile * tile))
-        self.groups = [windows[i:i + per_task] for i in range(0, len(windows), per_task)]
-        self.where = {_window_key(w): (g, k) for g, group in enumerate(self.groups) for k, w in enumerate(group)}
-        self.futures: dict[int, Any] = {}
-        self.submitted = 0
-        self.current: tuple[int, list] | None = None
-
-    def _submit(self, g: int):
-        runner = self.runner
-        return runner._track(runner.client.submit(
-            predict_task, self.plan_future, self.groups[g], runner.settings.torch_threads, self.job.name,
-            runner.settings.qa,
-            runner.topic, key=f"geolift_tiles-{self.token}-{g}-{uuid.uuid4().hex[:8]}", priority=1, pure=False))
-
-    def _fill(self, upto: int) -> None:
-        while self.submitted < min(upto, len(self.groups)):
-            self.futures[self.submitted] = self._submit(self.submitted)
-            self.submitted += 1
-
-    def block(self, window):
-        g, k = self.where[_window_key(window)]
-        if self.current is None or self.current[0] != g:
-            self._fill(g + 1 + self.runner.ahead)
-            future = self.futures.pop(g)
-            future, blocks = self.runner._await(future, lambda: self._submit(g), self.tries, self.job,
-                                                f"tile task {g + 1}/{len(self.groups)}")
-            self.runner._forget([future])
-            future.release()
-            self.current = (g, blocks)
-        return self.current[1][k]
-
-    def close(self) -> None:
-        """Cancel tile tasks the writer will not consume (the job failed or was interrupted)."""
-        left = list(self.futures.values())
-        self.futures.clear()
-        self.runner._forget(left)
-        if left:
-            try:
-                self.runner.client.cancel(left)
-            except Exception:  # noqa: BLE001 - best effort while stopping
-                pass
+    def __init__(self, cause: BaseException, attempts: int):
+        super().__init__(str(cause))
+        self.cause, self.attempts = cause, attempts
 
 
 def _utc_now() -> str:

@@ -1,4 +1,4 @@
-"""The worker side of a batch: the Dask tasks that train a job and predict its tiles, and how their failures travel.
+"""What every batch task shares: the tile task, the task context, retries, and how failures travel.
 
 A task pins torch's threads (the fit's floating-point result depends on them), forwards its geolift log lines and
 progress to the client as Dask events, and fails with a picklable, cause-free error so the client can tell a
@@ -14,14 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from typing import Any
 
-from geolift.batch.jobs import BatchJob
-from geolift.errors import GeoliftError, log_warnings
-from geolift.fuse import FusionPlan, prepare_fusion
+from geolift.errors import GeoliftError, warnings_to_log
+from geolift.fuse import FusionPlan
 
-__all__ = ["PreparedJob", "describe_failure", "is_retryable", "predict_task", "prepare_task"]
+__all__ = ["await_with_retries", "describe_failure", "is_retryable", "predict_task", "task_context",
+           "with_portable_errors"]
 
 log = logging.getLogger("geolift")
 
@@ -38,6 +37,24 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "memory" in str(exc).lower()  # e.g. torch's allocator
 
 
+def await_with_retries(future, resubmit: Callable[[], Any], retries: int, what: str) -> tuple[Any, int]:
+    """The future's result and how many tries it took; a retryable failure is resubmitted up to ``retries``
+    times (logged), any other failure, or the last one, is raised."""
+    attempt = 1
+    while True:
+        try:
+            value = future.result()
+            future.release()
+            return value, attempt
+        except Exception as exc:
+            future.release()
+            if not is_retryable(exc) or attempt > retries:
+                raise
+            log.warning("%s failed (%s); retrying (%d of %d).", what, describe_failure(exc), attempt, retries)
+            attempt += 1
+            future = resubmit()
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line saying why a job failed, for the report."""
     from distributed.scheduler import KilledWorker
@@ -49,14 +66,6 @@ def describe_failure(exc: BaseException) -> str:
         return str(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-@dataclass
-class PreparedJob:
-    """What a prepare task returns: the fitted plan, plus every block when the scene is small."""
-
-    plan: FusionPlan
-    blocks: list[tuple[Any, Any]] | None  # [(block, msi_block)] in window order, or None: tile tasks predict
 
 
 class _TaskLogForwarder(logging.Handler):
@@ -78,7 +87,7 @@ class _TaskLogForwarder(logging.Handler):
 
 
 @contextmanager
-def _task_context(job: str, torch_threads: int, topic: str | None) -> Iterator[Callable[[int, int, str], None] | None]:
+def task_context(job: str, torch_threads: int, topic: str | None) -> Iterator[Callable[[int, int, str], None] | None]:
     """Pin torch's threads, forward log lines and yield a (throttled) progress callback for one task."""
     import torch
 
@@ -94,7 +103,6 @@ def _task_context(job: str, torch_threads: int, topic: str | None) -> Iterator[C
     if worker is None:
         yield None
         return
-    log_warnings()  # a GeoliftWarning becomes a log record, forwarded to the client like the others
     handler = _TaskLogForwarder(worker, topic, job)
     geolift_log = logging.getLogger("geolift")
     if geolift_log.getEffectiveLevel() > logging.INFO:
@@ -115,7 +123,8 @@ def _task_context(job: str, torch_threads: int, topic: str | None) -> Iterator[C
             pass
 
     try:
-        yield progress
+        with warnings_to_log():  # a GeoliftWarning becomes a log record, forwarded to the client like the others
+            yield progress
     except Exception as exc:
         if not isinstance(exc, GeoliftError):  # a bug or a system error: keep its traceback in the log
             log.warning("Unexpected %s in a task:", type(exc).__name__, exc_info=True)
@@ -142,7 +151,7 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _with_portable_errors(task: Callable) -> Callable:
+def with_portable_errors(task: Callable) -> Callable:
     """Run a Dask task so that its failure reaches the client as a picklable, cause-free error."""
 
     @functools.wraps(task)
@@ -156,22 +165,9 @@ def _with_portable_errors(task: Callable) -> Callable:
     return run
 
 
-@_with_portable_errors
-def prepare_task(job: BatchJob, torch_threads: int, inline_pixels: int, topic: str | None,
-                 qa: bool = False) -> PreparedJob:
-    """Dask task: read, align and fit one job; predict it too when the output is small."""
-    with _task_context(job.name, torch_threads, topic) as progress:
-        plan = prepare_fusion(job.hsi, job.msi_source, replace(job.options, overwrite=True), progress=progress)
-        grid = plan.grid
-        if grid.width * grid.height > inline_pixels:
-            return PreparedJob(plan, None)
-        blocks = [plan.predict_window(w, qa=qa) for w in plan.output_windows()]
-        return PreparedJob(plan, blocks)
-
-
-@_with_portable_errors
-def predict_task(prepared: PreparedJob, windows: list, torch_threads: int, job: str, qa: bool,
+@with_portable_errors
+def predict_task(plan: FusionPlan, windows: list, torch_threads: int, job: str, qa: bool,
                   topic: str | None) -> list[tuple[Any, Any]]:
     """Dask task: predict a run of output windows of one scene with its fitted plan."""
-    with _task_context(job, torch_threads, topic):
-        return [prepared.plan.predict_window(w, qa=qa) for w in windows]
+    with task_context(job, torch_threads, topic):
+        return [plan.predict_window(w, qa=qa) for w in windows]

@@ -218,8 +218,11 @@ def batch(
                                            msi_glob=msi_glob)
             if unmatched:
                 log.warning("%d HSI scene(s) have no MSI pair and are left out (see the log).", len(unmatched))
+        from geolift.batch.catalog import COLLECTION_FILE
+
         settings = BatchSettings(torch_threads=torch_threads, retries=retries, force=force,
-                                 pixels_per_task=pixels_per_task, qa=qa)
+                                 pixels_per_task=pixels_per_task, qa=qa,
+                                 stac_collection=str((outdir / COLLECTION_FILE).absolute()) if stac else None)
         try:
             with dask_client(scheduler, workers, torch_threads) as client:
                 n_workers = len(client.scheduler_info().get("workers", {}))
