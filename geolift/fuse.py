@@ -290,7 +290,10 @@ def usable_cores() -> int:
 
 def prediction_workers(options: FuseOptions) -> int:
     """Threads that predict blocks at once: the job's threads (``num_threads``) over torch's threads per
-    prediction, so that by default (1 torch thread) every core predicts while GDAL compresses."""
+    prediction, so that by default (1 torch thread) every core predicts while GDAL compresses; 0 (predict on
+    the consuming thread) when the job has a single thread, as a batch task on a one-thread worker has."""
+    if int(options.num_threads) <= 1:
+        return 0
     return max(1, int(options.num_threads) // max(1, int(options.torch_threads or 1)))
 
 
@@ -744,7 +747,8 @@ def write_fusion(
         first, total = (len(windows), 2 * len(windows)) if refined else (0, len(windows))
 
         def ordered_blocks() -> Iterator[tuple[Window, np.ndarray]]:
-            with closing(pipelined(produce, windows)) as results:  # closed with this generator: stops the workers
+            ahead = min(1, prediction_workers(options))  # predict the next block while this one is written
+            with closing(pipelined(produce, windows, workers=ahead)) as results:  # closing stops the workers
                 for i, (window, ((block, *quality), figures)) in enumerate(results):
                     for key, value in zip(("predict", "sq_error", "sq_count", "msi_sum"), figures):
                         stats[key] += value

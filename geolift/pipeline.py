@@ -16,8 +16,15 @@ def pipelined(func: Callable[[Any], Any], items: Iterable[Any], depth: int = 1,
     No item is started more than ``workers + depth`` places ahead of the one being consumed, so at most
     ``workers + depth + 1`` results are alive. An exception in ``func`` is raised here, in the consumer, once
     the items before it have been yielded; closing the generator early stops the workers after their
-    current item.
+    current item. ``workers=0`` computes each result on the consumer's thread when it is asked for: a job
+    whose budget is one core (a batch task on a one-thread worker) must not run a second thread.
     """
+    if int(workers) < 1:
+        return ((item, func(item)) for item in items)
+    return _pipelined(func, items, depth, workers)
+
+
+def _pipelined(func: Callable[[Any], Any], items: Iterable[Any], depth: int, workers: int) -> Iterator[tuple[Any, Any]]:
     source = iter(items)
     cond = threading.Condition()
     results: dict[int, tuple[Any, Any, BaseException | None]] = {}

@@ -39,6 +39,9 @@ class BatchJob:
 
 
 
+SPLIT_PIXELS_PER_TASK = 512 * 512  # tile-task size when a batch has fewer jobs than worker threads
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     """How a batch runs (not what it computes, except ``torch_threads`` and ``qa``, which are hashed)."""
@@ -47,7 +50,10 @@ class BatchSettings:
     qa: bool = False  # also write each output's reliability layer beside it (<output stem>_qa.tif)
     retries: int = 2  # resubmissions per task after a retryable failure
     force: bool = False  # redo jobs even when their sidecar matches
-    pixels_per_task: int = 512 * 512  # output pixels per tile task; scenes up to this size are one task
+    #: output pixels per tile task; scenes up to this size are one task. None: whole scenes while there are at least
+    #: as many jobs to run as worker threads (job-level parallelism needs no pixel to cross between workers), else
+    #: :data:`SPLIT_PIXELS_PER_TASK`
+    pixels_per_task: int | None = None
     max_active_jobs: int | None = None  # jobs in flight at once (writer threads); None: 2 x worker threads + 1
     tasks_ahead: int | None = None  # tile tasks submitted ahead of the writer per job; None: worker threads
     stac_collection: str | None = None  # also write a STAC Item beside each output, linking this Collection file
@@ -57,7 +63,7 @@ class BatchSettings:
             raise BatchError(f"torch threads must be at least 1, got {self.torch_threads}.")
         if self.retries < 0:
             raise BatchError(f"retries must be 0 or more, got {self.retries}.")
-        if self.pixels_per_task < 1:
+        if self.pixels_per_task is not None and self.pixels_per_task < 1:
             raise BatchError(f"pixels per task must be at least 1, got {self.pixels_per_task}.")
 
 

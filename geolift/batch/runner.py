@@ -13,11 +13,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from geolift.batch.jobs import BatchJob, BatchSettings, JobEvent
+from geolift.batch.jobs import SPLIT_PIXELS_PER_TASK, BatchJob, BatchSettings, JobEvent
 from geolift.batch.report import BatchReport, JobResult, job_result, pair_check_text
 from geolift.batch.resume import is_complete, job_fingerprint, job_hash, read_sidecar
 from geolift.batch.tasks import describe_failure, is_retryable
@@ -25,6 +26,8 @@ from geolift.batch.writer import JobOutcome, job_task, token_for
 from geolift.errors import BatchError, GeoliftError
 
 __all__ = ["run_batch"]
+
+WHOLE_SCENE = 2**62  # pixels per task that no scene reaches
 
 log = logging.getLogger("geolift")
 
@@ -182,6 +185,9 @@ def run_batch(
     threads = sum(w.get("nthreads", 1) for w in workers.values()) or 1
     scheduler = getattr(client.scheduler, "address", "") if client.scheduler is not None else ""
     topic = f"geolift-batch-{uuid.uuid4().hex}"
+    if settings.pixels_per_task is None:
+        whole = len(todo) >= threads  # every worker thread has a job of its own: no scene needs splitting
+        settings = replace(settings, pixels_per_task=WHOLE_SCENE if whole else SPLIT_PIXELS_PER_TASK)
     runner = _Runner(client, settings, emit, topic, threads)
     runner.finished, runner.total = len(jobs) - len(todo), len(jobs)
     interrupted = False

@@ -151,7 +151,10 @@ def job_task(job: BatchJob, settings: BatchSettings, fingerprint: dict[str, Any]
     started = time.perf_counter()
     with task_context(job.name, settings.torch_threads, topic) as progress:
         qa_path = _prepare_outputs(job, settings)
-        plan = prepare_fusion(job.hsi, job.msi_source, replace(job.options, overwrite=True), progress=progress)
+        # The task's thread budget is its worker thread's: torch_threads (GDAL's too, and no predict-ahead
+        # thread when it is 1), so that N one-thread workers use N cores and scale as such.
+        options = replace(job.options, overwrite=True, num_threads=settings.torch_threads)
+        plan = prepare_fusion(job.hsi, job.msi_source, options, progress=progress)
         tries = max(attempt, _write(plan, job, settings, topic, token_for(job, digest), qa_path, progress))
         if settings.stac_collection:
             from geolift.stac import item_for_output, item_path_for

@@ -173,8 +173,9 @@ def batch(
         "collection.json linking them (finished and up-to-date jobs).")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Redo every job, even those whose output is up to date.")] = False,
-    pixels_per_task: Annotated[int, typer.Option(
-        "--pixels-per-task", min=1, help="Output pixels per tile task; smaller scenes run as one task.")] = 512 * 512,
+    pixels_per_task: Annotated[Optional[int], typer.Option(
+        "--pixels-per-task", min=1, help="Output pixels per tile task; smaller scenes run as one task. Default: "
+        "whole scenes while there are at least as many jobs to run as worker threads, else 512 x 512.")] = None,
     log_file: Annotated[Optional[Path], typer.Option(
         "--log", help="Log file (default: OUTDIR/batch.log, appended).")] = None,
     *,
