@@ -6,19 +6,17 @@ batch runs on a Dask cluster: a local one by default, or any existing one (``tcp
 Jobs come from a CSV manifest (:func:`read_manifest`) or from two folders paired by scene id or
 footprint (:func:`pair_folders`). :func:`run_batch` then runs every job that is not already done:
 
-* **One training per scene, tiles shared by workers.** A ``prepare`` task per job runs
-  :func:`geolift.fuse.prepare_fusion` on a worker (read, align, fit) and keeps the picklable
-  :class:`~geolift.fuse.FusionPlan` in the cluster. A small scene (at most
-  ``BatchSettings.pixels_per_task`` output pixels) is predicted inside that same task; a larger one
-  is split into tile tasks, each predicting a run of consecutive output windows with
-  :meth:`FusionPlan.predict_window` on whichever worker is free (Dask ships the plan to it).
-* **The client writes.** Each job has a writer thread on the client that pulls the blocks in
-  window order (at most a few tile tasks ahead, so neither the client nor the workers hold a whole
-  scene) and streams them through :func:`geolift.fuse.write_fusion` into the atomic
-  :class:`geolift.io.HSIWriter`. Workers therefore only *read* inputs (local paths they can see,
-  or URLs GDAL reads); outputs, sidecars and reports all live where the client runs, so resuming
-  never depends on a worker's disk. The same blocks in the same order through the same writer make
-  the output identical to ``geolift fuse`` (see "Determinism" below).
+* **Workers write, the client coordinates.** One job task per job (:mod:`geolift.batch.writer`) runs
+  :func:`geolift.fuse.prepare_fusion` and :func:`geolift.fuse.write_fusion` on a worker (the code path of
+  ``geolift fuse``, so the output is identical) and writes the output, QA layer, STAC Item and, last, the sidecar
+  to the output location, which workers must see. The client decides what to run, retries and reports; no pixel
+  crosses to it, so it does not cap the cluster's throughput. A task keeps to its worker thread's budget (torch and
+  GDAL threads = ``BatchSettings.torch_threads``, no predict-ahead thread), so N one-thread workers use N cores.
+* **Whole scenes, or tiles when workers would idle.** While there are at least as many jobs to run as worker
+  threads, each scene is one task. Otherwise a scene larger than ``BatchSettings.pixels_per_task`` output pixels is
+  split: its job task secedes (``worker_client``), ships the picklable :class:`~geolift.fuse.FusionPlan` to the
+  cluster once and keeps a few tile tasks (:meth:`FusionPlan.predict_window` over consecutive windows) ahead of
+  its writer, taking their blocks in window order.
 * **Resumable.** After an output is renamed into place, a sidecar ``<output>.geolift.json`` records
   a hash of the job's inputs and parameters (:func:`job_fingerprint`). A later run skips a job whose
   output exists and whose sidecar hash matches, and redoes everything else (changed inputs or
