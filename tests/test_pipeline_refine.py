@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -218,6 +219,38 @@ def test_pipelined_with_several_workers_keeps_order_and_bounds_the_look_ahead():
             seen.append(item)
     assert seen == [0, 1, 2, 3, 4]
     assert not any(t.name == "geolift-predict" for t in threading.enumerate())
+
+
+def test_pipelined_with_no_worker_computes_on_the_callers_thread_on_demand():
+    """A one-core job (a batch task on a one-thread worker) predicts inline: nothing runs ahead of the consumer,
+    and no thread is started."""
+    calls = []
+    caller = threading.current_thread().name
+
+    def square(i):
+        calls.append((i, threading.current_thread().name))
+        return i * i
+
+    results = pipelined(square, range(5), workers=0)
+    assert calls == []  # nothing computed before it is asked for
+    first = next(iter(results))
+    assert first == (0, 0) and calls == [(0, caller)]
+    assert [v for _, v in results] == [1, 4, 9, 16]
+    assert {name for _, name in calls} == {caller}
+
+
+def test_a_one_thread_job_writes_the_same_output_without_a_predict_thread(wald, tmp_path):
+    """num_threads=1 (a batch task's budget) takes the inline path and writes the same arrays as the default."""
+    options = FuseOptions(sensor="sentinel2", steps=50, seed=0, tile_size=32)
+    plan = prepare_fusion(wald.hsi, wald.msi, options)
+    seen: dict[int, set] = {2: set(), 1: set()}
+    for threads, name in ((2, "two.tif"), (1, "one.tif")):
+        plan.options = replace(plan.options, num_threads=threads)
+        write_fusion(plan, tmp_path / name,
+                     progress=lambda *_, n=threads: seen[n].update(t.name for t in threading.enumerate()))
+    assert "geolift-predict" in seen[2] and "geolift-predict" not in seen[1]
+    with rasterio.open(tmp_path / "two.tif") as a, rasterio.open(tmp_path / "one.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
 
 
 def test_failure_while_predicting_leaves_no_output(wald, tmp_path, leftovers):
