@@ -242,7 +242,8 @@ def main() -> None:
         identical = all(np.array_equal(a, b, equal_nan=True)
                         for n in args.workers[1:] for a, b in zip(outputs[first], outputs[n]))
         with rasterio.open(runs[first][0]["jobs"][0].output) as ds:
-            shape = f"{ds.width} x {ds.height} px x {ds.count} bands, {ds.dtypes[0]}"
+            size_mb = os.path.getsize(runs[first][0]["jobs"][0].output) / 1e6
+            shape = f"{ds.width} x {ds.height} px x {ds.count} bands, {ds.dtypes[0]}, {size_mb:.0f} MB"
     load_after = os.getloadavg()
 
     def median(n: int, key: str) -> float:
@@ -270,6 +271,9 @@ def main() -> None:
               f"{median(first, 'seconds') / median(n, 'seconds'):.2f} | {client:.1f} | {workers:.1f} | "
               f"{median(n, 'scheduler'):.1f} | {100 * shares[n]:.1f} % |")
     print()
+    per_job = median(first, "workers") / n_jobs
+    print(f"per job: {per_job:.1f} s of worker CPU, {median(first, 'client') / n_jobs:.3f} s of client CPU, "
+          f"{median(first, 'scheduler') / n_jobs:.2f} s of scheduler CPU ({first} worker(s))")
     print(f"outputs identical across worker counts: {'yes' if identical else 'NO'}")
     if 1 in args.workers and 2 in args.workers:
         speedup = median(1, "seconds") / median(2, "seconds")
