@@ -54,7 +54,7 @@ class BatchSettings:
     #: as many jobs to run as worker threads (job-level parallelism needs no pixel to cross between workers), else
     #: :data:`SPLIT_PIXELS_PER_TASK`
     pixels_per_task: int | None = None
-    max_active_jobs: int | None = None  # jobs in flight at once (writer threads); None: 2 x worker threads + 1
+    max_active_jobs: int | None = None  # job tasks submitted at once; None: 2 x worker threads + 1
     tasks_ahead: int | None = None  # tile tasks submitted ahead of the writer per job; None: worker threads
     stac_collection: str | None = None  # also write a STAC Item beside each output, linking this Collection file
 

@@ -35,7 +35,7 @@ log = logging.getLogger("geolift")
 class _Runner:
     """Runs jobs on a Dask client: one client thread per active job, tasks on the workers."""
 
-    def __init__(self, client, settings: BatchSettings, emit: Callable[[JobEvent], None], topic: str, threads: int):
+    def __init__(self, client, settings: BatchSettings, emit: Callable[[JobEvent], None], topic: str):
         self.client = client
         self.settings = settings
         self.emit = emit
@@ -188,7 +188,7 @@ def run_batch(
     if settings.pixels_per_task is None:
         whole = len(todo) >= threads  # every worker thread has a job of its own: no scene needs splitting
         settings = replace(settings, pixels_per_task=WHOLE_SCENE if whole else SPLIT_PIXELS_PER_TASK)
-    runner = _Runner(client, settings, emit, topic, threads)
+    runner = _Runner(client, settings, emit, topic)
     runner.finished, runner.total = len(jobs) - len(todo), len(jobs)
     interrupted = False
 
