@@ -339,17 +339,28 @@ def test_uncovered_band_raises_or_is_dropped_with_a_warning():
     assert result.coverage["B6"] == pytest.approx(0.0)
 
 
-def test_inside_a_batch_task_the_warning_is_logged_whatever_the_shared_filters(caplog):
+def test_inside_a_batch_task_the_warning_is_logged_whatever_the_shared_filters():
     """Batch tasks log their warnings through a per-thread switch: another thread of the worker silencing all
     warnings at that moment (here: a filter set process-wide) must not swallow the task's warning."""
     wl = np.arange(400.0, 1001.0, 5.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with warnings_to_log(), caplog.at_level(logging.WARNING, logger="geolift"):
-            srf.build_response("landsat8", ["B4", "B5", "B6"], wl, drop_uncovered=True)
-        with warnings.catch_warnings(record=True) as outside:  # off the switch, the shared filters rule again
-            srf.build_response("landsat8", ["B4", "B5", "B6"], wl, drop_uncovered=True)
-    assert [r.levelno for r in caplog.records if "Dropped Landsat" in r.getMessage()] == [logging.WARNING]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # on geolift's logger itself: the CLI stops it propagating to the root
+    geolift_log = logging.getLogger("geolift")
+    level = geolift_log.level
+    geolift_log.setLevel(logging.WARNING)  # whatever level an earlier CLI test left (--quiet)
+    geolift_log.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with warnings_to_log():
+                srf.build_response("landsat8", ["B4", "B5", "B6"], wl, drop_uncovered=True)
+            with warnings.catch_warnings(record=True) as outside:  # off the switch, the shared filters rule again
+                srf.build_response("landsat8", ["B4", "B5", "B6"], wl, drop_uncovered=True)
+    finally:
+        geolift_log.removeHandler(handler)
+        geolift_log.setLevel(level)
+    assert [r.levelno for r in records if "Dropped Landsat" in r.getMessage()] == [logging.WARNING]
     assert outside == []
 
 
