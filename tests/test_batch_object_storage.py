@@ -33,9 +33,11 @@ from geolift.io import vsi
 
 BUCKET = "geolift-test"
 REGION = "us-east-1"
-#: What a finished job uploads, in order: output, QA layer, and last the sidecar.
+#: What a finished job uploads, in order: output, QA layer, STAC Item, and last the sidecar; then the client
+#: uploads the Collection.
 UPLOADS = [("PUT", "out/wald_s3_hsi_fused.tif"), ("PUT", "out/wald_s3_hsi_fused_qa.tif"),
-           ("PUT", "out/wald_s3_hsi_fused.tif.geolift.json")]
+           ("PUT", "out/wald_s3_hsi_fused.stac.json"), ("PUT", "out/wald_s3_hsi_fused.tif.geolift.json"),
+           ("PUT", "out/collection.json")]
 
 
 def _free_port() -> int:
@@ -187,6 +189,20 @@ def test_object_storage_outdir_and_output_cells_become_vsi_paths(tmp_path):
         read_manifest(manifest, "https://example.com/fused")
 
 
+def test_local_folders_of_dead_workers_on_this_machine_are_removed(tmp_path):
+    """A worker killed mid-job leaves its local folder; the next job on the machine removes it, and only it."""
+    from geolift.batch.object_storage import _stage_tag, remove_abandoned_stages
+
+    dead = tmp_path / f"{STAGE_PREFIX}{_stage_tag(2**22 + 12345)}-abc_12"  # above Linux's largest pid
+    alive = tmp_path / f"{STAGE_PREFIX}{_stage_tag(os.getpid())}-xyz"
+    elsewhere = tmp_path / f"{STAGE_PREFIX}{2**22 + 12345}.another_host-abc"
+    for folder in (dead, alive, elsewhere):
+        folder.mkdir()
+        (folder / "x.tif").write_bytes(b"x")
+    remove_abandoned_stages(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, elsewhere.name])
+
+
 # ---------------------------------------------------------------------------------------------------- batches
 
 
@@ -203,14 +219,14 @@ def test_batch_to_s3_equals_local_resumes_and_redoes_a_job_without_sidecar(s3, c
     assert report.summary()["done"] == 1, report.to_dict()
 
     monkeypatch.chdir(tmp_path)  # a remote OUTDIR keeps the report and the log in the current folder
-    result = cli(str(manifest), "-o", f"s3://{BUCKET}/out", "--scheduler", client.scheduler.address, "--qa")
+    options = ["--scheduler", client.scheduler.address, "--qa", "--stac"]
+    result = cli(str(manifest), "-o", f"s3://{BUCKET}/out", *options)
     assert result.exit_code == 0, result.output
     output = f"/vsis3/{BUCKET}/out/wald_s3_hsi_fused.tif"
-    # output, QA layer and, last, the sidecar are uploaded (one PUT each)
+    # output, QA layer, Item and, last, the sidecar are uploaded (one PUT each), then the Collection
     assert [w for w in writes(log, "out/") if ".geolift-probe-" not in w[1]] == UPLOADS
     uploaded = keys(bucket, "out/")
-    assert set(uploaded) == {"out/wald_s3_hsi_fused.tif", "out/wald_s3_hsi_fused_qa.tif",
-                             "out/wald_s3_hsi_fused.tif.geolift.json"}, uploaded
+    assert set(uploaded) == {key for _, key in UPLOADS}, uploaded
     for name in ("wald_s3_hsi_fused.tif", "wald_s3_hsi_fused_qa.tif"):
         with rasterio.open(f"/vsis3/{BUCKET}/out/{name}") as remote, rasterio.open(local / name) as here:
             differ = {k: v for k, v in remote.profile.items() if str(here.profile.get(k)) != str(v)}  # NaN nodata
@@ -219,28 +235,41 @@ def test_batch_to_s3_equals_local_resumes_and_redoes_a_job_without_sidecar(s3, c
     assert read_all(output).shape[0] > 100  # the fused cube itself
     sidecar = json.loads(bucket.get_object(Bucket=BUCKET, Key="out/wald_s3_hsi_fused.tif.geolift.json")["Body"].read())
     assert sidecar["fingerprint"]["output"] == output and sidecar["hash"]
+    item = json.loads(vsi.read_bytes(f"/vsis3/{BUCKET}/out/wald_s3_hsi_fused.stac.json"))
+    assert item["assets"]["data"]["href"] == "./wald_s3_hsi_fused.tif"
+    assert item["assets"]["qa"]["href"] == "./wald_s3_hsi_fused_qa.tif"
+    assert {link["href"] for link in item["links"] if link["rel"] == "derived_from"} == {str(f) for f in files}
+    assert {link["href"] for link in item["links"] if link["rel"] == "collection"} == {
+        f"s3://{BUCKET}/out/collection.json"}
+    collection = json.loads(vsi.read_bytes(f"/vsis3/{BUCKET}/out/collection.json"))
+    assert [link["href"] for link in collection["links"] if link["rel"] == "item"] == [
+        f"s3://{BUCKET}/out/wald_s3_hsi_fused.stac.json"]
+    assert collection["extent"]["spatial"]["bbox"] == [item["bbox"]]
     rows = list(csv.DictReader(open(tmp_path / "batch_report.csv", newline="")))
     assert [(r["status"], r["output"]) for r in rows] == [("done", output)]
-    assert "Uploaded 3 file(s)" in (tmp_path / "batch.log").read_text()
+    assert "Uploaded 4 file(s)" in (tmp_path / "batch.log").read_text()
     assert not stages(tmpdir)  # the worker's local job folder is gone
 
-    # resume: the client reads the remote sidecar and skips the job; nothing is uploaded again
-    result = cli(str(manifest), "-o", f"/vsis3/{BUCKET}/out", "--scheduler", client.scheduler.address, "--qa")
+    # resume: the client reads the remote sidecar and skips the job; only the Item (made again from the output)
+    # and the Collection are written
+    before = len(writes(log, "out/"))
+    result = cli(str(manifest), "-o", f"/vsis3/{BUCKET}/out", *options)
     assert result.exit_code == 0, result.output
     assert "0 done, 1 skipped" in result.output
-    assert keys(bucket, "out/") == uploaded
+    assert [w for w in writes(log, "out/")[before:] if ".geolift-probe-" not in w[1]] == UPLOADS[2:3] + UPLOADS[4:]
+    assert {k: v for k, v in keys(bucket, "out/").items() if "stac" not in k} == {
+        k: v for k, v in uploaded.items() if "stac" not in k}
 
     # an output without its sidecar (a run killed between two uploads) is not trusted: the job runs again
     bucket.delete_object(Bucket=BUCKET, Key="out/wald_s3_hsi_fused.tif.geolift.json")
-    result = cli(str(manifest), "-o", f"s3://{BUCKET}/out", "--scheduler", client.scheduler.address, "--qa")
+    result = cli(str(manifest), "-o", f"s3://{BUCKET}/out", *options)
     assert result.exit_code == 0, result.output
     assert "1 done, 0 skipped" in result.output
     assert set(keys(bucket, "out/")) == set(uploaded)
 
     # redoing a finished job deletes its sidecar before the first upload: it never vouches for a partial set
     before = len(writes(log, "out/"))
-    result = cli(str(manifest), "-o", f"s3://{BUCKET}/out", "--scheduler", client.scheduler.address, "--qa",
-                 "--force")
+    result = cli(str(manifest), "-o", f"s3://{BUCKET}/out", *options, "--force")
     assert result.exit_code == 0, result.output
     assert [w for w in writes(log, "out/")[before:] if ".geolift-probe-" not in w[1]] == [
         ("DELETE", "out/wald_s3_hsi_fused.tif.geolift.json"), *UPLOADS]

@@ -23,7 +23,7 @@ class BatchJob:
     name: str  # unique in a batch: the output path relative to the output folder, without suffix
     hsi: str  # local absolute path or a GDAL path (/vsicurl/..., /vsis3/...)
     msi: tuple[str, ...]  # one multi-band raster or several single-band files
-    output: str  # absolute path of the output GeoTIFF
+    output: str  # absolute path of the output GeoTIFF, or a GDAL object-storage path (/vsis3/bucket/key)
     options: FuseOptions = field(default_factory=FuseOptions)
     line: int | None = None  # manifest line, for messages
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -34,8 +36,14 @@ __all__ = ["STAGE_PREFIX", "check_remote_folder", "local_stage", "upload_outputs
 
 log = logging.getLogger("geolift")
 
-#: Name of a job's local folder under the temporary folder: ``geolift-stage-<worker pid>-<random>``.
+#: Name of a job's local folder under the temporary folder: ``geolift-stage-<worker pid>.<host>-<random>``.
 STAGE_PREFIX = "geolift-stage-"
+
+
+def _stage_tag(pid: int) -> str:
+    """``<pid>.<host>``: a process is known alive or dead only on its own machine (TMPDIR may be shared)."""
+    host = re.sub(r"[^A-Za-z0-9_]+", "_", socket.gethostname()) or "host"
+    return f"{pid}.{host}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -51,10 +59,13 @@ def _pid_alive(pid: int) -> bool:
 def remove_abandoned_stages(folder: str | None = None) -> None:
     """Remove the local folders of jobs whose worker process died (killed mid-job: no ``finally`` ran)."""
     root = Path(folder or tempfile.gettempdir())
+    here = _stage_tag(0).split(".", 1)[1]
     for stage in root.glob(f"{STAGE_PREFIX}*"):
-        pid = stage.name[len(STAGE_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        tag = stage.name[len(STAGE_PREFIX):].rsplit("-", 1)[0]
+        pid, _, host = tag.partition(".")
+        if host == here and pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(stage, ignore_errors=True)
+            log.info("Removed %s, left by a worker that died.", stage)
 
 
 @contextmanager
@@ -62,7 +73,7 @@ def local_stage(job: BatchJob) -> Iterator[BatchJob]:
     """``job`` with its output in a new private local folder (same file name); the folder is removed on exit."""
     remove_abandoned_stages()
     try:
-        folder = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{_stage_tag(os.getpid())}-"))
     except OSError as exc:
         raise OutputError(f"Cannot create a local folder for {job.output} under {tempfile.gettempdir()} "
                           f"({exc.strerror or exc}); set TMPDIR to a folder with space.") from None

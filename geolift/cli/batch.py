@@ -211,9 +211,6 @@ def batch(
             raise BatchError("--workers sizes the local cluster; an existing cluster (--scheduler) keeps its own.")
         outputs = output_folder(outdir)
         if is_vsi_path(outputs):  # object storage: jobs upload there; the batch's own files stay here
-            if stac:
-                raise BatchError("--stac with an output folder on object storage is not supported yet; write the "
-                                 "batch to a local folder for a STAC Collection.")
             check_remote_folder(outputs)
             here = Path.cwd()
         else:

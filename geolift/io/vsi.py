@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 from geolift.errors import InputError, OutputError
 
-__all__ = ["CHUNK_BYTES", "WRITABLE_PREFIXES", "exists", "is_vsi_path", "is_writable_vsi_path", "read_bytes",
+__all__ = ["CHUNK_BYTES", "WRITABLE_PREFIXES", "exists", "forget", "is_vsi_path", "is_writable_vsi_path", "read_bytes",
            "size", "unlink", "upload", "write_bytes"]
 
 #: Virtual file systems GDAL can write sequentially (objects appear whole when the upload completes).
@@ -78,6 +78,9 @@ def _lib() -> ctypes.CDLL:
         "CPLGetLastErrorMsg": (c_char_p, []),
         "CPLPushErrorHandler": (None, [c_void_p]),
         "CPLPopErrorHandler": (None, []),
+        "CPLGetConfigOption": (c_char_p, [c_char_p, c_char_p]),
+        "CPLGetThreadLocalConfigOption": (c_char_p, [c_char_p, c_char_p]),
+        "CPLSetThreadLocalConfigOption": (None, [c_char_p, c_char_p]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
@@ -85,12 +88,22 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+_NO_LISTING = b"GDAL_DISABLE_READDIR_ON_OPEN"
+
+
 @contextmanager
 def _gdal(lib: ctypes.CDLL) -> Iterator[callable]:
     """Silence GDAL's error printing on this thread (its handler stack is per thread) and yield a function that
-    returns GDAL's last error message ("" when none)."""
+    returns GDAL's last error message ("" when none).
+
+    Unless the user configured it, ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR`` is set for the thread meanwhile:
+    otherwise opening one object lists its whole "folder" first, a request per 1000 objects, for every sidecar
+    read of a resume check."""
     lib.CPLPushErrorHandler(ctypes.cast(lib.CPLQuietErrorHandler, ctypes.c_void_p))
     lib.CPLErrorReset()
+    listing = lib.CPLGetConfigOption(_NO_LISTING, None) is None
+    if listing:
+        lib.CPLSetThreadLocalConfigOption(_NO_LISTING, b"EMPTY_DIR")
 
     def last_error() -> str:
         raw = lib.CPLGetLastErrorMsg()
@@ -99,6 +112,8 @@ def _gdal(lib: ctypes.CDLL) -> Iterator[callable]:
     try:
         yield last_error
     finally:
+        if listing:
+            lib.CPLSetThreadLocalConfigOption(_NO_LISTING, None)
         lib.CPLPopErrorHandler()
 
 
@@ -110,6 +125,12 @@ def _fresh(lib: ctypes.CDLL, path: str) -> None:
     """Forget what GDAL cached about ``path`` (existence, size), so a check sees the store as it is now."""
     if path.startswith(_CACHED_PREFIXES):
         lib.VSICurlPartialClearCache(path.encode())
+
+
+def forget(path: str | os.PathLike) -> None:
+    """Drop what GDAL cached about ``path`` in this process (its size, its first bytes): call before reading an
+    object another process may have replaced."""
+    _fresh(_lib(), os.fspath(path))
 
 
 def exists(path: str | os.PathLike) -> bool:
