@@ -26,7 +26,7 @@ from distributed import Client
 from test_batch import STEPS, read_all, wald_row, write_manifest, write_wald_pair
 from typer.testing import CliRunner
 
-from geolift.batch import BatchSettings, read_manifest, run_batch, start_local_cluster
+from geolift.batch import BatchSettings, pair_folders, read_manifest, run_batch, start_local_cluster
 from geolift.batch.object_storage import STAGE_PREFIX
 from geolift.errors import BatchError, InputError, JobsFailedError, OutputError
 from geolift.io import vsi
@@ -173,7 +173,7 @@ def test_vsi_mistakes_are_one_sentence_geolift_errors(s3, tmp_path):
 # ---------------------------------------------------------------------------------------------------- manifests
 
 
-def test_object_storage_outdir_and_output_cells_become_vsi_paths(tmp_path):
+def test_object_storage_outdirs_and_output_cells_become_vsi_paths(tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", ["a/x.tif,b/y.tif,,", "a/z.tif,b/y.tif,,sub/z_out.tif"],
                               header="hsi,msi,sensor,output")
     jobs = read_manifest(manifest, "s3://bucket/fused")
@@ -181,6 +181,17 @@ def test_object_storage_outdir_and_output_cells_become_vsi_paths(tmp_path):
     assert [j.name for j in jobs] == ["x_fused", "sub/z_out"]
     assert jobs[0].qa_output == "/vsis3/bucket/fused/x_fused_qa.tif"
     assert read_manifest(manifest, "/vsis3/bucket/fused/")[0].output == "/vsis3/bucket/fused/x_fused.tif"
+
+    hsi_dir, msi_dir = tmp_path / "enmap", tmp_path / "s2"
+    hsi_dir.mkdir()
+    msi_dir.mkdir()
+    hsi, msi = write_wald_pair(tmp_path, "ENMAP_20220724_hsi.tif", "S2_20220724_msi.tif", col=0, seed=1)
+    hsi.rename(hsi_dir / hsi.name)
+    msi.rename(msi_dir / msi.name)
+    jobs, unmatched = pair_folders(hsi_dir, msi_dir, "gs://bucket/fused/")
+    assert [(j.name, j.output) for j in jobs] == [("ENMAP_20220724_hsi_fused",
+                                                   "/vsigs/bucket/fused/ENMAP_20220724_hsi_fused.tif")]
+    assert not unmatched
 
     bad = write_manifest(tmp_path / "bad.csv", ["a/x.tif,b/y.tif,https://example.com/out.tif"], header="hsi,msi,output")
     with pytest.raises(BatchError, match=r"line 2: Output /vsicurl/https://example.com/out.tif is read-only"):

@@ -214,7 +214,7 @@ def batch(
             check_remote_folder(outputs)
             here = Path.cwd()
         else:
-            here = outputs
+            here = Path(outdir)
             try:
                 here.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
