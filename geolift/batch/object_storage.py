@@ -1,7 +1,8 @@
 """Outputs on object storage (``/vsis3/``, ``/vsigs/``, ``/vsiaz/``): write locally on the worker, then upload.
 
-A tiled GeoTIFF is written window by window, out of order, which object storage cannot take; and an object store
-has no rename, so the local writer's "hidden temporary file renamed into place" has no counterpart there. So a job
+GDAL writes a GeoTIFF with seeks back into the file (tile offsets, the header), which an object cannot take; and
+an object store has no rename, so the local writer's "hidden temporary file renamed into place" has no counterpart
+there. So a job
 whose output is a virtual file system path writes everything (output, QA layer, STAC Item, sidecar) exactly as a
 local job does, into a private folder under the worker's temporary folder (``tempfile``: ``TMPDIR``), and then
 uploads the files, **the sidecar last**. An object becomes visible only when its upload completes, so a reader
