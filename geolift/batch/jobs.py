@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from geolift import srf
-from geolift.errors import BatchError
+from geolift.errors import BatchError, InputError
 from geolift.fuse import FuseOptions
+from geolift.io.paths import gdal_path
+from geolift.io.vsi import is_vsi_path, is_writable_vsi_path
 
-__all__ = ["BatchJob", "BatchSettings", "JobEvent", "check_sensor_bands", "job_name", "sentence"]
+__all__ = ["BatchJob", "BatchSettings", "JobEvent", "check_sensor_bands", "check_writable_output", "job_name",
+           "output_folder", "sentence"]
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,7 @@ class BatchJob:
     name: str  # unique in a batch: the output path relative to the output folder, without suffix
     hsi: str  # local absolute path or a GDAL path (/vsicurl/..., /vsis3/...)
     msi: tuple[str, ...]  # one multi-band raster or several single-band files
-    output: str  # absolute path of the output GeoTIFF
+    output: str  # absolute path of the output GeoTIFF, or a GDAL object-storage path (/vsis3/bucket/key)
     options: FuseOptions = field(default_factory=FuseOptions)
     line: int | None = None  # manifest line, for messages
 
@@ -76,6 +80,28 @@ class JobEvent:
     done: int = 0
     total: int = 0
     message: str = ""
+
+
+def output_folder(outdir: str | os.PathLike) -> Path:
+    """OUTDIR as jobs name their outputs: a local folder made absolute, or object storage as GDAL's path
+    (``s3://bucket/prefix`` -> ``/vsis3/bucket/prefix``; ``/vsis3/...`` as given). ``BatchError`` for a URL GDAL
+    cannot write to (``https://``, ``/vsicurl/``)."""
+    text = os.fspath(outdir)
+    if is_vsi_path(text) or "://" in text:
+        try:
+            folder = gdal_path(text)
+        except InputError as exc:
+            raise BatchError(f"Output folder: {sentence(exc)}") from None
+        check_writable_output(folder, "Output folder")
+        return Path(folder)
+    return Path(os.path.abspath(Path(text).expanduser()))
+
+
+def check_writable_output(path: str, what: str = "Output") -> None:
+    """``BatchError`` when ``path`` is a virtual file system path GDAL cannot write (``/vsicurl/``, ``/vsizip/``)."""
+    if is_vsi_path(path) and not is_writable_vsi_path(path):
+        raise BatchError(f"{what} {path} is read-only for GDAL; outputs on object storage go to s3://, gs:// or "
+                         "az:// (/vsis3/, /vsigs/, /vsiaz/) paths.")
 
 
 def job_name(output: str, outdir: Path) -> str:

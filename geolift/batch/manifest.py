@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from geolift import srf
-from geolift.batch.jobs import BatchJob, check_sensor_bands, job_name, sentence
+from geolift.batch.jobs import BatchJob, check_sensor_bands, check_writable_output, job_name, output_folder, sentence
 from geolift.errors import BatchError, InputError, SensorError
 from geolift.fuse import FuseOptions, default_output_path
-from geolift.io import COMPRESSIONS, gdal_path, is_remote
+from geolift.io import COMPRESSIONS, gdal_path
 from geolift.io.products.common import OVERLAP_CHOICES
 
 __all__ = ["MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "read_manifest"]
@@ -120,10 +120,11 @@ def read_manifest(manifest: str | Path, outdir: str | Path, defaults: FuseOption
     Header: ``hsi,msi`` plus any of :data:`MANIFEST_COLUMNS` (e.g. ``hsi,msi,sensor,bands``); one
     row per job. Blank lines and lines starting with ``#`` are ignored. Relative input paths are
     relative to the manifest's folder; a relative ``output`` is relative to ``outdir`` (default:
-    ``outdir/<HSI file stem>_fused.tif``). Option cells override ``defaults`` for that job.
+    ``outdir/<HSI file stem>_fused.tif``). ``outdir`` and ``output`` may be on object storage (``s3://b/p``,
+    ``/vsis3/b/p``; :func:`output_folder`). Option cells override ``defaults`` for that job.
     """
     manifest = Path(manifest).expanduser()
-    outdir = Path(os.path.abspath(Path(outdir).expanduser()))
+    outdir = output_folder(outdir)
     defaults = defaults or FuseOptions()
     try:
         text = manifest.read_text(encoding="utf-8-sig")
@@ -197,9 +198,11 @@ def _row_job(cells: dict[str, str], line: int, manifest: Path, base: Path, outdi
     except (ValueError, SensorError, InputError) as exc:
         raise BatchError(f"{where}: {sentence(exc)}") from None
     if cells.get("output"):
-        output = gdal_path(cells["output"], outdir)
-        if is_remote(output):
-            raise BatchError(f"{where}: outputs are written locally; {cells['output']!r} is a URL.")
+        try:
+            output = gdal_path(cells["output"], outdir)
+            check_writable_output(output)
+        except (InputError, BatchError) as exc:
+            raise BatchError(f"{where}: {sentence(exc)}") from None
     else:
         output = str(default_output_path(hsi, outdir))
     return BatchJob(name=job_name(output, outdir), hsi=hsi, msi=msi_paths, output=output, options=options, line=line)

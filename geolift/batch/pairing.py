@@ -11,7 +11,7 @@ from typing import Any
 
 from rasterio.warp import transform_bounds
 
-from geolift.batch.jobs import BatchJob, check_sensor_bands, job_name, sentence
+from geolift.batch.jobs import BatchJob, check_sensor_bands, job_name, output_folder, sentence
 from geolift.errors import BatchError, GeoliftError, SensorError
 from geolift.fuse import FuseOptions, default_output_path
 from geolift.io import open_scene
@@ -125,7 +125,7 @@ def pair_folders(
     """
     defaults = defaults or FuseOptions()
     pattern = _compile_match(match)
-    outdir = Path(os.path.abspath(Path(outdir).expanduser()))
+    outdir = output_folder(outdir)
     hsi_files = _raster_files(Path(hsi_dir).expanduser(), hsi_glob)
     msi_files = _raster_files(Path(msi_dir).expanduser(), msi_glob)
     if not hsi_files:

@@ -18,6 +18,8 @@ from typing import Any
 
 from geolift import __version__
 from geolift.batch.jobs import BatchJob
+from geolift.errors import InputError
+from geolift.io import vsi
 from geolift.io.paths import NEW_FILE_MODE, companion_files, is_remote
 
 __all__ = [
@@ -89,16 +91,22 @@ def sidecar_path(output: str | Path) -> Path:
 
 
 def read_sidecar(output: str | Path) -> dict[str, Any] | None:
+    """The sidecar of ``output`` (local, or on object storage through GDAL), or None when missing or not one."""
+    path = sidecar_path(output)
     try:
-        data = json.loads(sidecar_path(output).read_text())
-    except (OSError, ValueError):
+        data = json.loads(vsi.read_bytes(path) if vsi.is_vsi_path(path) else path.read_text())
+    except (OSError, ValueError, InputError):
         return None
     return data if isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT else None
 
 
+def _is_file(path: str) -> bool:
+    return vsi.exists(path) if vsi.is_vsi_path(path) else Path(path).is_file()
+
+
 def is_complete(job: BatchJob, digest: str, qa: bool = False) -> bool:
     """True when the job's output (and with ``qa`` its QA layer) exists and its sidecar records the same hash."""
-    if not Path(job.output).is_file() or (qa and not Path(job.qa_output).is_file()):
+    if not _is_file(job.output) or (qa and not _is_file(job.qa_output)):
         return False
     sidecar = read_sidecar(job.output)
     return sidecar is not None and sidecar.get("hash") == digest

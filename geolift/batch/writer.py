@@ -31,6 +31,7 @@ from geolift.batch.resume import SIDECAR_FORMAT, remove_leftovers, sidecar_path,
 from geolift.batch.tasks import await_with_retries, predict_task, task_context, with_portable_errors
 from geolift.fuse import FusionPlan, prepare_fusion, write_fusion
 from geolift.io import check_output_path, is_remote
+from geolift.io.vsi import is_vsi_path
 
 __all__ = ["JobOutcome", "job_task", "window_key"]
 
@@ -147,7 +148,21 @@ def _write(plan: FusionPlan, job: BatchJob, settings: BatchSettings, topic: str 
 def job_task(job: BatchJob, settings: BatchSettings, fingerprint: dict[str, Any], digest: str, topic: str | None,
              attempt: int = 1) -> JobOutcome:
     """Dask task: one whole job on a worker. Writes the output, its QA layer and STAC Item when asked, and last
-    the sidecar that marks the job done for the resume check."""
+    the sidecar that marks the job done for the resume check. An output on object storage (``/vsis3/...``) is
+    written in a local folder and uploaded, sidecar last (:mod:`geolift.batch.object_storage`)."""
+    if not is_vsi_path(job.output):
+        return _run_job(job, settings, fingerprint, digest, topic, attempt)
+    from geolift.batch.object_storage import local_stage, upload_outputs
+
+    with local_stage(job) as local:
+        outcome = _run_job(local, settings, fingerprint, digest, topic, attempt)
+        with task_context(job.name, settings.torch_threads, topic):
+            upload_outputs(local, job, settings)
+    return outcome
+
+
+def _run_job(job: BatchJob, settings: BatchSettings, fingerprint: dict[str, Any], digest: str, topic: str | None,
+             attempt: int) -> JobOutcome:
     started = time.perf_counter()
     with task_context(job.name, settings.torch_threads, topic) as progress:
         qa_path = _prepare_outputs(job, settings)

@@ -145,7 +145,9 @@ def batch(
         "override the options below for that job. Relative paths are relative to the manifest's folder. Leave out "
         "to pair --hsi-dir with --msi-dir.",
     )] = None,
-    outdir: Annotated[Path, typer.Option("--outdir", "-o", help="Output folder (created if missing).")] = ...,
+    outdir: Annotated[str, typer.Option(
+        "--outdir", "-o", help="Output folder (created if missing), or object storage: s3://bucket/prefix (also "
+        "gs://, az://, /vsis3/...); then the report and log are written to the current folder.")] = ...,
     hsi_dir: Annotated[Optional[Path], typer.Option("--hsi-dir", help="Pairing mode: folder of HSI scenes.")] = None,
     msi_dir: Annotated[Optional[Path], typer.Option("--msi-dir", help="Pairing mode: folder of MSI scenes.")] = None,
     match: Annotated[Optional[str], typer.Option(
@@ -185,7 +187,8 @@ def batch(
 ) -> None:
     """Fuse many HSI/MSI pairs on Dask, resumably: skip up-to-date outputs, retry lost workers, report.
 
-    Writes OUTDIR/batch_report.json and .csv and appends to OUTDIR/batch.log.
+    Writes OUTDIR/batch_report.json and .csv and appends to OUTDIR/batch.log (with OUTDIR on object storage:
+    in the current folder).
 
     Exit code: 0 every job done or up to date, 7 some failed, 6 the batch cannot run, 130 Ctrl-C.
     """
@@ -193,8 +196,11 @@ def batch(
 
     def action():
         from geolift.batch import BatchSettings, dashboard_link, dask_client, pair_folders, read_manifest, run_batch
+        from geolift.batch.jobs import output_folder
+        from geolift.batch.object_storage import check_remote_folder
         from geolift.errors import BatchError, JobsFailedError
         from geolift.fuse import check_output_options
+        from geolift.io.vsi import is_vsi_path
 
         pairing = hsi_dir is not None or msi_dir is not None
         if manifest is not None and pairing:
@@ -203,19 +209,25 @@ def batch(
             raise BatchError("Give a MANIFEST, or both --hsi-dir and --msi-dir to pair two folders.")
         if scheduler and workers:
             raise BatchError("--workers sizes the local cluster; an existing cluster (--scheduler) keeps its own.")
-        try:
-            outdir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BatchError(f"Cannot create the output folder {outdir} ({exc.strerror}).") from None
-        file_handlers = _setup_batch_logging(display.quiet, log_file or outdir / "batch.log")
+        outputs = output_folder(outdir)
+        if is_vsi_path(outputs):  # object storage: jobs upload there; the batch's own files stay here
+            check_remote_folder(outputs)
+            here = Path.cwd()
+        else:
+            here = Path(outdir)
+            try:
+                here.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BatchError(f"Cannot create the output folder {here} ({exc.strerror}).") from None
+        file_handlers = _setup_batch_logging(display.quiet, log_file or here / "batch.log")
         log.info("geolift batch: %s", " ".join(sys.argv[1:]) or "(library call)")
 
         defaults = pair.fuse_options(output_choices)
         check_output_options(defaults)  # --co/--cog mistakes stop the batch before any job starts
         if manifest is not None:
-            jobs = read_manifest(manifest, outdir, defaults)
+            jobs = read_manifest(manifest, outputs, defaults)
         else:
-            jobs, unmatched = pair_folders(hsi_dir, msi_dir, outdir, defaults, match=match, hsi_glob=hsi_glob,
+            jobs, unmatched = pair_folders(hsi_dir, msi_dir, outputs, defaults, match=match, hsi_glob=hsi_glob,
                                            msi_glob=msi_glob)
             if unmatched:
                 log.warning("%d HSI scene(s) have no MSI pair and are left out (see the log).", len(unmatched))
@@ -223,7 +235,7 @@ def batch(
 
         settings = BatchSettings(torch_threads=torch_threads, retries=retries, force=force,
                                  pixels_per_task=pixels_per_task, qa=qa,
-                                 stac_collection=str((outdir / COLLECTION_FILE).absolute()) if stac else None)
+                                 stac_collection=str((outputs / COLLECTION_FILE).absolute()) if stac else None)
         try:
             with dask_client(scheduler, workers, torch_threads) as client:
                 n_workers = len(client.scheduler_info().get("workers", {}))
@@ -236,12 +248,12 @@ def batch(
                     log.info("Dask dashboard: off (it needs bokeh: pip install 'geolift[dashboard]').")
                 with _progress_display(display.progress_mode, len(jobs)) as callback:
                     report = run_batch(jobs, client, settings, progress=callback)
-            json_path, csv_path = report.write(outdir)
+            json_path, csv_path = report.write(here)
             if stac and not report.interrupted:
                 from geolift.batch.catalog import write_batch_catalog
 
-                write_batch_catalog(jobs, report, outdir, qa=qa)
-            _print_summary(report, outdir, json_path, csv_path, display.quiet)
+                write_batch_catalog(jobs, report, outputs, qa=qa)
+            _print_summary(report, here, json_path, csv_path, display.quiet)
         finally:
             for logger, handler in file_handlers:
                 logger.removeHandler(handler)
