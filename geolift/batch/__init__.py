@@ -10,8 +10,10 @@ footprint (:func:`pair_folders`). :func:`run_batch` then runs every job that is 
   :func:`geolift.fuse.prepare_fusion` and :func:`geolift.fuse.write_fusion` on a worker (the code path of
   ``geolift fuse``, so the output is identical) and writes the output, QA layer, STAC Item and, last, the sidecar
   to the output location, which workers must see. The client decides what to run, retries and reports; no pixel
-  crosses to it, so it does not cap the cluster's throughput. A task keeps to its worker thread's budget (torch and
-  GDAL threads = ``BatchSettings.torch_threads``, no predict-ahead thread), so N one-thread workers use N cores.
+  crosses to it, so it does not cap the cluster's throughput. On object storage (``/vsis3/…``) a job writes in a
+  local folder and uploads, sidecar last (:mod:`geolift.batch.object_storage`). A task keeps to its worker
+  thread's budget (torch and GDAL threads = ``BatchSettings.torch_threads``, no predict-ahead thread), so N
+  one-thread workers use N cores.
 * **Whole scenes, or tiles when workers would idle.** While there are at least as many jobs to run as worker
   threads, each scene is one task. Otherwise a scene larger than ``BatchSettings.pixels_per_task`` output pixels is
   split: its job task secedes (``worker_client``), ships the picklable :class:`~geolift.fuse.FusionPlan` to the
