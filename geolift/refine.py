@@ -87,6 +87,12 @@ MIN_FOOTPRINT_COVERED = 0.7
 #: size, in ``geolift batch`` and in :func:`refine` (the library's ``SpectraLift.predict``).
 REFINE_WINDOW = 512
 _GRAM_CHUNK = 65536  # LR pixels per chunk when forming the spectral Gram matrix
+_CHUNK_PIXELS = 2048  # pixels per step of per-pixel work (pass 1's reduction, pass 2): stays in cache
+
+
+def _flat(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A contiguous ``shape`` view of the start of a flat work buffer."""
+    return buffer[:math.prod(shape)].view(shape)
 
 
 # ----------------------------------------------------------------------------------------------- pass 1
@@ -131,10 +137,17 @@ class LowResAccumulator:
         if self._reduce is None:
             return x0_tile.astype(np.float64)
         _, r, c = x0_tile.shape
-        flat = np.ascontiguousarray(x0_tile).reshape(self.n_bands, r * c)
+        flat = torch.from_numpy(np.ascontiguousarray(x0_tile).reshape(self.n_bands, r * c))
+        k, step = self._reduce.matrix.shape[0], _CHUNK_PIXELS  # a chunk's pixels stay in the CPU cache
+        maps = torch.empty((k, r * c), dtype=torch.float64)
+        work = torch.empty(self.n_bands * min(step, r * c), dtype=torch.float64)
+        product = torch.empty(k * min(step, r * c), dtype=torch.float64)
         with torch.inference_mode():  # torch's threads, not a second BLAS pool (see _TileCorrection)
-            maps = self._reduce.columns(torch.from_numpy(flat)).numpy()
-        return maps.reshape(-1, r, c)
+            for a in range(0, r * c, step):
+                n = min(r * c, a + step) - a
+                maps[:, a:a + n] = self._reduce.columns(flat[:, a:a + n], _flat(product, (k, n)),
+                                                        _flat(work, (self.n_bands, n)))
+        return maps.numpy().reshape(-1, r, c)
 
     def add_maps(self, maps: np.ndarray, row_off: int, col_off: int) -> None:
         """Add a tile's :meth:`reduce` result at HR offset (row_off, col_off)."""
@@ -465,13 +478,7 @@ def _cubic_to_tile(grid: GridPair, maps: list[np.ndarray], row_off: int, col_off
                           grid.axis("x").cubic_taps(np.arange(col_off, col_off + cols)))
 
 
-_PASS2_CHUNK_PIXELS = 2048  # pixels per step of pass 2's per-pixel work: C x this float32 stays in cache
 _SMALLEST_POSITIVE = 2.0 ** -149  # float32's smallest subnormal: clamping to it changes no positive value
-
-
-def _flat(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """A contiguous ``shape`` view of the start of a flat work buffer."""
-    return buffer[:math.prod(shape)].view(shape)
 
 
 class _TileCorrection:
@@ -498,7 +505,7 @@ class _TileCorrection:
         R = np.asarray(correction.response, dtype=np.float64)
         self.back = ExactMatrix(np.linalg.pinv(R @ R.T) @ R)  # P v = v - Rᵀ (back v)
         self.forward = ExactMatrix(R.T)
-        self.step = max(1, _PASS2_CHUNK_PIXELS // max(self.cols, 1))
+        self.step = max(1, _CHUNK_PIXELS // max(self.cols, 1))
         n, bands = min(self.step, self.rows) * self.cols, self.bands
         self._coef32 = torch.empty(self.coef.maps * n)
         self._coef64 = torch.empty(self.coef.maps * n, dtype=torch.float64)
