@@ -490,8 +490,8 @@ class _TileCorrection:
     torch, on its CPU threads (one by default in the pipeline, see ``geolift.model.torch_threads``): numpy's BLAS
     would start its own thread pool, which competes with GDAL's compression threads for the same cores.
     The coefficient maps are interpolated a chunk of rows at a time and every intermediate lives in work buffers
-    allocated once per tile: the chunks' work is memory-bound, so conversions and copies cost as much as the
-    products (``benchmarks/scale.py``, part 2).
+    allocated once per tile: apart from the products the chunks' work is memory-bound, and new tensors, dtype
+    conversions and masks cost as much as the products did (docs/benchmarks.md, "Pass 2's per-tile work").
     """
 
     def __init__(self, correction: Correction, x0: np.ndarray, row_off: int, col_off: int):
@@ -525,8 +525,9 @@ class _TileCorrection:
         coef32 = self.coef.rows(rows, _flat(self._coef32, (maps, rows.stop - rows.start, self.cols)))
         coef = _flat(self._coef64, (maps, n)).copy_(coef32.view(maps, n))  # exact; rounded in place below
         product, back = _flat(self._product, shape), _flat(self._back, (self.back.matrix.shape[0], n))
+        # exact products, each rounded once to float32 (the element-wise work is float32)
         delta = _flat(self._delta, shape).copy_(self.lr_basis.columns(coef[:self.k], product, coef[:self.k]))
-        if not self.damp:  # (exact products, then one rounding to float32 each: float32 work)
+        if not self.damp:
             return delta  # the solve's correction lies in R's null space already
         local = _flat(self._local, shape).copy_(self.local_basis.columns(coef[self.k:], product, coef[self.k:]))
         delta = self._damped(delta, local, x0_rows, masked=False)
