@@ -61,7 +61,7 @@ def exact_bits(k: int) -> int:
     return (_FLOAT64_SIGNIFICAND - math.ceil(math.log2(k))) // 2 if k > 1 else _FLOAT64_SIGNIFICAND // 2
 
 
-def round_significant(x: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
+def round_significant(x: torch.Tensor, dim: int, bits: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` as float64, every slice along ``dim`` rounded to ``bits`` significant bits of its largest entry.
 
     Entries become integer multiples of ``2**(e - bits)``, where ``2**e`` is the smallest power of two above the
@@ -69,16 +69,22 @@ def round_significant(x: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
     (``p``: the float's significand bits) does the rounding in two IEEE additions, since the sum lies in a binade
     whose spacing is the grid. A float32 ``x`` is rounded in float32 when ``bits`` fits (half the memory traffic,
     the same result). The shift is assembled from its bits (``torch.ldexp`` goes through ``pow``, whose last bit
-    may depend on the kernel). Returns a new tensor. Entries must be finite and normal (a NaN spoils the products
-    of its own slice only).
+    may depend on the kernel). Returns a new tensor, or ``out`` (float64, ``x``'s shape; it may be ``x`` itself):
+    a caller that rounds chunk after chunk reuses one buffer instead of allocating and converting every time.
+    Entries must be finite and normal (a NaN spoils the products of its own slice only).
     """
     fmt = _FLOAT32 if x.dtype == torch.float32 and bits <= _FLOAT32.significand - 2 else _FLOAT64
-    x = x.to(fmt.dtype)
+    if x.dtype != fmt.dtype:
+        x = x.to(fmt.dtype) if out is None else out.copy_(x)  # exact: float32 -> float64
     largest = x.abs().amax(dim=dim, keepdim=True)  # (torch.linalg.vector_norm(inf) is 10x slower here)
     exponent = torch.frexp(largest).exponent.to(fmt.int_dtype)  # largest < 2**exponent; 0 for 0
     biased = exponent.add_(fmt.significand - 1 - bits + fmt.bias).clamp_(1, 2 * fmt.bias)
     shift = biased.bitwise_left_shift_(fmt.significand - 1).bitwise_or_(fmt.half).view(fmt.dtype)
-    return (x + shift).sub_(shift).to(torch.float64)
+    if out is None:
+        return (x + shift).sub_(shift).to(torch.float64)
+    if fmt is _FLOAT64:
+        return torch.add(x, shift, out=out).sub_(shift)
+    return out.copy_((x + shift).sub_(shift))
 
 
 class ExactMatrix:
@@ -96,6 +102,10 @@ class ExactMatrix:
         self.bits = exact_bits(w.shape[1])
         self.matrix = round_significant(w, 1, self.bits)  # (out, K)
 
-    def columns(self, x: torch.Tensor) -> torch.Tensor:
-        """``W @ x`` for pixels in columns, ``x`` (K, n) -> (out, n) float64."""
-        return torch.mm(self.matrix, round_significant(x, 0, self.bits))
+    def columns(self, x: torch.Tensor, out: torch.Tensor | None = None, work: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``W @ x`` for pixels in columns, ``x`` (K, n) -> (out, n) float64, into ``out`` if given. ``work``: a
+        float64 buffer of ``x``'s shape for the rounded pixels (it may be ``x`` itself when ``x`` is no longer
+        needed); the result is the same bits either way."""
+        rounded = round_significant(x, 0, self.bits, out=work)
+        return torch.mm(self.matrix, rounded) if out is None else torch.mm(self.matrix, rounded, out=out)

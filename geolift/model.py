@@ -153,19 +153,41 @@ class ExactNetwork:
                        for name in self._LAYERS]
         self.output_bias = self.layers[-1][1].to(torch.float32)
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def workspace(self, n: int) -> torch.Tensor:
+        """A float64 buffer for calls of up to ``n`` pixels (one per thread): the activations, their rounded
+        copies and the output product live in it instead of in new tensors at every layer of every call."""
+        hidden = self.layers[0][0].matrix.shape[0]
+        inputs, bands = self.layers[0][0].matrix.shape[1], self.layers[-1][0].matrix.shape[0]
+        return torch.empty((3 * hidden + max(hidden, inputs) + bands) * n, dtype=torch.float64, device=self.device)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, work: torch.Tensor | None = None
+                 ) -> torch.Tensor:
         """(n, m) MSI spectra (scaled units) -> (C, n) float32 HSI spectra, band-first, written into ``out`` if
         given (any strides, e.g. a band-first image's columns); the reference's wiring. Activations are kept
-        band-first, (64, n): MKL's float64 GEMM runs about 20 % faster that way round."""
-        def act(i: int, h: torch.Tensor) -> torch.Tensor:
-            weight, bias = self.layers[i]
-            return F.leaky_relu_(weight.columns(h).add_(bias), LEAKY_SLOPE)  # bias added apart: no fused kernel
+        band-first, (64, n): MKL's float64 GEMM runs about 20 % faster that way round. ``work``: a
+        :meth:`workspace` of at least n pixels (the same bits without one, more allocation)."""
+        n = x.shape[0]
+        work = self.workspace(n) if work is None else work
+        hidden, inputs = self.layers[0][0].matrix.shape
+        parts, start = [], 0
+        for rows in (hidden, hidden, hidden, max(hidden, inputs), self.layers[-1][0].matrix.shape[0]):
+            parts.append(work[start:start + rows * n])
+            start += rows * n
+        a, b, c, rounded, product = parts
 
-        x1 = act(0, x.T)
-        h = act(1, x1).add_(x1)
-        h = act(3, act(2, h)).add_(h)
-        h = act(5, act(4, h)).add_(h)
-        product = self.layers[-1][0].columns(h)
+        def act(i: int, h: torch.Tensor, into: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+            """Layer i of ``h`` into ``into``; ``scratch`` takes ``h`` rounded (``h`` itself when not needed again)."""
+            weight, bias = self.layers[i]
+            rows, k = weight.matrix.shape
+            result = weight.columns(h, into.view(rows, n), scratch[:k * n].view(k, n) if scratch.ndim == 1 else scratch)
+            return F.leaky_relu_(result.add_(bias), LEAKY_SLOPE)  # bias added apart: no fused kernel
+
+        x1 = act(0, x.T, a, rounded)
+        h = act(1, x1, b, rounded).add_(x1)
+        h = act(3, act(2, h, c, rounded), a, c.view(hidden, n)).add_(h)
+        h = act(5, act(4, h, b, rounded), c, b.view(hidden, n)).add_(h)
+        final = self.layers[-1][0]
+        product = final.columns(h, product.view(final.matrix.shape[0], n), h)
         if out is None:
             out = torch.empty(product.shape, dtype=torch.float32, device=self.device)
         return out.copy_(product).add_(self.output_bias)  # rounded to float32 once, then the bias (float32 work)
@@ -743,10 +765,11 @@ class SpectraLift:
         columns = None if direct else np.flatnonzero(valid)
         scaled = torch.from_numpy((msi[valid] - self._msi_offset) / (hi - lo)).to(net.device)  # float64
         target = torch.from_numpy(out) if direct else None  # a (C, k) view
+        work = net.workspace(min(_INFERENCE_PIXELS, scaled.shape[0]))
         with torch.inference_mode():
             for a in range(0, scaled.shape[0], _INFERENCE_PIXELS):
                 b = min(scaled.shape[0], a + _INFERENCE_PIXELS)
-                y = net(scaled[a:b], target[:, a:b] if direct else None)
+                y = net(scaled[a:b], target[:, a:b] if direct else None, work)
                 y.clamp_(0.0, 1.0).mul_(hi - lo).add_(lo).clamp_(lo, hi)  # clip: see the class docstring
                 if not direct:
                     out[:, columns[a:b]] = y.cpu().numpy()

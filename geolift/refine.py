@@ -43,6 +43,7 @@ from geolift.blur import (
 )
 from geolift.errors import ModelError
 from geolift.exact import ExactMatrix
+from geolift.interpolation import SeparableCubic
 
 __all__ = [
     "GridPair",
@@ -86,6 +87,12 @@ MIN_FOOTPRINT_COVERED = 0.7
 #: size, in ``geolift batch`` and in :func:`refine` (the library's ``SpectraLift.predict``).
 REFINE_WINDOW = 512
 _GRAM_CHUNK = 65536  # LR pixels per chunk when forming the spectral Gram matrix
+_CHUNK_PIXELS = 2048  # pixels per step of per-pixel work (pass 1's reduction, pass 2): stays in cache
+
+
+def _flat(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A contiguous ``shape`` view of the start of a flat work buffer."""
+    return buffer[:math.prod(shape)].view(shape)
 
 
 # ----------------------------------------------------------------------------------------------- pass 1
@@ -130,10 +137,17 @@ class LowResAccumulator:
         if self._reduce is None:
             return x0_tile.astype(np.float64)
         _, r, c = x0_tile.shape
-        flat = np.ascontiguousarray(x0_tile).reshape(self.n_bands, r * c)
+        flat = torch.from_numpy(np.ascontiguousarray(x0_tile).reshape(self.n_bands, r * c))
+        k, step = self._reduce.matrix.shape[0], _CHUNK_PIXELS  # a chunk's pixels stay in the CPU cache
+        maps = torch.empty((k, r * c), dtype=torch.float64)
+        work = torch.empty(self.n_bands * min(step, r * c), dtype=torch.float64)
+        product = torch.empty(k * min(step, r * c), dtype=torch.float64)
         with torch.inference_mode():  # torch's threads, not a second BLAS pool (see _TileCorrection)
-            maps = self._reduce.columns(torch.from_numpy(flat)).numpy()
-        return maps.reshape(-1, r, c)
+            for a in range(0, r * c, step):
+                n = min(r * c, a + step) - a
+                maps[:, a:a + n] = self._reduce.columns(flat[:, a:a + n], _flat(product, (k, n)),
+                                                        _flat(work, (self.n_bands, n)))
+        return maps.numpy().reshape(-1, r, c)
 
     def add_maps(self, maps: np.ndarray, row_off: int, col_off: int) -> None:
         """Add a tile's :meth:`reduce` result at HR offset (row_off, col_off)."""
@@ -451,31 +465,20 @@ def solve_on_basis(observed: np.ndarray, degraded: np.ndarray, basis: np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------- pass 2
-def _interpolate(grid: GridPair, maps: list[np.ndarray], row_off: int, col_off: int, rows: int,
-                 cols: int) -> np.ndarray:
-    """Cubic interpolation of LR maps (each (k_i, h, w)) to an HR tile: (Σk_i, rows, cols) float32.
+def _cubic_to_tile(grid: GridPair, maps: list[np.ndarray], row_off: int, col_off: int, rows: int,
+                   cols: int) -> SeparableCubic:
+    """Cubic interpolation of LR maps (each (k_i, h, w)) to an HR tile, row range by row range (Σk_i maps).
 
-    Separable, columns then rows, each output pixel the sum of its own four taps in a fixed order: a pixel's
-    value does not depend on how the output is cut into tiles (``geolift batch`` must write what ``geolift
-    fuse`` writes, bit for bit), and only the LR rows and columns the tile reaches are read.
+    The taps depend on the HR index alone and each output pixel is the sum of its own four taps in a fixed order
+    (:class:`geolift.interpolation.SeparableCubic`): a pixel's value does not depend on how the output is cut
+    into tiles (``geolift batch`` must write what ``geolift fuse`` writes, bit for bit), and only the LR rows and
+    columns the tile reaches are read.
     """
-    iy, wy = grid.axis("y").cubic_taps(np.arange(row_off, row_off + rows))
-    ix, wx = grid.axis("x").cubic_taps(np.arange(col_off, col_off + cols))
-    y0, x0 = int(iy.min()), int(ix.min())
-    iy, ix = iy - y0, ix - x0
-    wy, wx = wy.astype(np.float32), wx.astype(np.float32)
-    lr = np.concatenate([m[:, y0:int(iy.max()) + y0 + 1, x0:int(ix.max()) + x0 + 1] for m in maps])
-    lr = lr.astype(np.float32, copy=False)
-    across = lr[:, :, ix[:, 0]] * wx[:, 0]  # (K, h, cols)
-    for t in range(1, 4):
-        across += lr[:, :, ix[:, t]] * wx[:, t]
-    out = across[:, iy[:, 0], :] * wy[:, 0, None]  # (K, rows, cols)
-    for t in range(1, 4):
-        out += across[:, iy[:, t], :] * wy[:, t, None]
-    return out
+    return SeparableCubic(maps, grid.axis("y").cubic_taps(np.arange(row_off, row_off + rows)),
+                          grid.axis("x").cubic_taps(np.arange(col_off, col_off + cols)))
 
 
-_PASS2_CHUNK_PIXELS = 2048  # pixels per step of pass 2's per-pixel work: C x this float32 stays in cache
+_SMALLEST_POSITIVE = 2.0 ** -149  # float32's smallest subnormal: clamping to it changes no positive value
 
 
 class _TileCorrection:
@@ -486,35 +489,77 @@ class _TileCorrection:
     fuse`` writes, bit for bit, however either cuts the scene into tiles, on any CPU kernel. The work runs in
     torch, on its CPU threads (one by default in the pipeline, see ``geolift.model.torch_threads``): numpy's BLAS
     would start its own thread pool, which competes with GDAL's compression threads for the same cores.
+    The coefficient maps are interpolated a chunk of rows at a time and every intermediate lives in work buffers
+    allocated once per tile: apart from the products the chunks' work is memory-bound, and new tensors, dtype
+    conversions and masks cost as much as the products did (docs/benchmarks.md, "Pass 2's per-tile work").
     """
 
     def __init__(self, correction: Correction, x0: np.ndarray, row_off: int, col_off: int):
         self.bands, self.rows, self.cols = x0.shape
         self.damp = correction.dark_fraction > 0
         maps = [correction.lr_coefficients] + ([correction.degraded_coefficients] if self.damp else [])
-        self.coef = torch.from_numpy(_interpolate(correction.grid, maps, row_off, col_off, self.rows, self.cols))
+        self.coef = _cubic_to_tile(correction.grid, maps, row_off, col_off, self.rows, self.cols)
         self.k = correction.lr_coefficients.shape[0]
         self.lr_basis = ExactMatrix(correction.lr_basis)
         self.local_basis = ExactMatrix(correction.dark_fraction * np.asarray(correction.degraded_basis, np.float64))
         R = np.asarray(correction.response, dtype=np.float64)
         self.back = ExactMatrix(np.linalg.pinv(R @ R.T) @ R)  # P v = v - Rᵀ (back v)
         self.forward = ExactMatrix(R.T)
-        self.step = max(1, _PASS2_CHUNK_PIXELS // max(self.cols, 1))
+        self.step = max(1, _CHUNK_PIXELS // max(self.cols, 1))
+        n, bands = min(self.step, self.rows) * self.cols, self.bands
+        self._coef32 = torch.empty(self.coef.maps * n)
+        self._coef64 = torch.empty(self.coef.maps * n, dtype=torch.float64)
+        self._product = torch.empty(bands * n, dtype=torch.float64)
+        self._work = torch.empty(bands * n, dtype=torch.float64)
+        self._back = torch.empty(self.back.matrix.shape[0] * n, dtype=torch.float64)
+        self._delta, self._local, self._scale, self._mask = (torch.empty(bands * n) for _ in range(4))
 
     def chunks(self):
         for a in range(0, self.rows, self.step):
             yield slice(a, min(self.rows, a + self.step))
 
     def delta(self, x0_rows: torch.Tensor, rows: slice) -> torch.Tensor:
-        """The correction (C, n) float32 for ``x0_rows`` (C, n), the tile's ``rows`` flattened."""
-        coef = self.coef[:, rows].reshape(self.coef.shape[0], -1)
-        delta = self.lr_basis.columns(coef[:self.k]).to(torch.float32)  # exact, then one rounding: float32 work
-        if self.damp:
-            local = self.local_basis.columns(coef[self.k:]).to(torch.float32)
-            scale = torch.div(x0_rows, local).masked_fill_(local <= 0, 1.0).clamp_(0.0, 1.0)
-            delta.mul_(scale.masked_fill_(delta <= 0, 1.0))  # only brightening corrections are damped
-            delta.sub_(self.forward.columns(self.back.columns(delta)).to(torch.float32))  # onto R's null space
-        return delta
+        """The correction (C, n) float32 for ``x0_rows`` (C, n), the tile's ``rows`` flattened: a work buffer,
+        valid until the next call."""
+        n, maps, shape = x0_rows.shape[1], self.coef.maps, (self.bands, x0_rows.shape[1])
+        coef32 = self.coef.rows(rows, _flat(self._coef32, (maps, rows.stop - rows.start, self.cols)))
+        coef = _flat(self._coef64, (maps, n)).copy_(coef32.view(maps, n))  # exact; rounded in place below
+        product, back = _flat(self._product, shape), _flat(self._back, (self.back.matrix.shape[0], n))
+        # exact products, each rounded once to float32 (the element-wise work is float32)
+        delta = _flat(self._delta, shape).copy_(self.lr_basis.columns(coef[:self.k], product, coef[:self.k]))
+        if not self.damp:
+            return delta  # the solve's correction lies in R's null space already
+        local = _flat(self._local, shape).copy_(self.local_basis.columns(coef[self.k:], product, coef[self.k:]))
+        delta = self._damped(delta, local, x0_rows, masked=False)
+        self.back.columns(delta, back, _flat(self._work, shape))
+        if torch.isnan(back).any():  # NaN somewhere in the chunk: the masks' answer (see _damped)
+            delta = self._damped(_flat(self._delta, shape), local, x0_rows, masked=True)
+            self.back.columns(delta, back, _flat(self._work, shape))
+        projected = self.forward.columns(back, product, back)  # back onto R's range (``back`` is rounded in place)
+        return delta.sub_(_flat(self._mask, shape).copy_(projected))  # what is left lies in R's null space
+
+    def _damped(self, delta: torch.Tensor, local: torch.Tensor, x0: torch.Tensor, masked: bool) -> torch.Tensor:
+        """``delta`` with the brightening corrections of dark pixels scaled down (see :func:`correction_for_tile`),
+        ``local`` being ``dark_fraction`` times the pixels' blurred LR neighbourhood; in a work buffer (``delta``
+        and ``local`` are kept).
+
+        The rule is ``scale = clamp(x0 / local, 0, 1)``, but 1 where ``local <= 0`` or ``delta <= 0``. By default
+        the exceptions are taken by a ``maximum`` with the 0/1 comparisons, ``local`` clamped to the smallest
+        positive float first so that ``0 / 0`` makes no NaN: the values of masking, at a fraction of the cost
+        (torch's ``masked_fill`` and ``where`` are not vectorised on the CPU; a comparison into float32 and
+        ``maximum`` are), wherever ``x0`` and ``local`` are not NaN. Where one is, ``maximum`` gives NaN where the
+        masks may not, so the caller, seeing a NaN in its projection, asks again with ``masked``.
+        """
+        scale = _flat(self._scale, tuple(delta.shape))
+        if masked:
+            torch.div(x0, local, out=scale).masked_fill_(local <= 0, 1.0).clamp_(0.0, 1.0)
+            return scale.masked_fill_(delta <= 0, 1.0).mul_(delta)  # only brightening corrections are damped
+        not_positive = torch.le(local, 0.0, out=_flat(self._mask, tuple(delta.shape)))  # 1.0 or 0.0
+        torch.clamp(local, min=_SMALLEST_POSITIVE, out=scale)
+        torch.div(x0, scale, out=scale).clamp_(0.0, 1.0)
+        torch.maximum(scale, not_positive, out=scale)
+        torch.maximum(scale, torch.le(delta, 0.0, out=not_positive), out=scale)  # only brightening is damped
+        return scale.mul_(delta)
 
 
 def correction_for_tile(correction: Correction, x0_tile: np.ndarray, row_off: int, col_off: int) -> np.ndarray:
