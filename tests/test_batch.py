@@ -452,6 +452,22 @@ def test_batch_survives_a_worker_killed_mid_job(client, data, references, tmp_pa
 
 
 @pytest.mark.slow
+def test_scenes_are_split_into_tile_tasks_only_when_workers_would_idle(client, data, references, tmp_path):
+    """By default a batch with at least as many jobs as worker threads runs each scene as one task (no pixel
+    crosses between workers); one scene on two workers is split into tile tasks. Same output either way."""
+    _, pairs, _ = data
+    runs = {}
+    for name, rows in (("alone", [berlin_row()]), ("with_another", [berlin_row(), wald_row(pairs["a"])])):
+        jobs = read_manifest(write_manifest(tmp_path / f"{name}.csv", rows), tmp_path / name)
+        with get_task_stream(client) as stream:
+            report = run_batch(jobs, client, BatchSettings())
+        assert [r.status for r in report.results] == ["done"] * len(jobs)
+        runs[name] = sum(str(t["key"]).startswith("geolift_tiles-enmap_sim_berlin") for t in stream.data)
+        np.testing.assert_array_equal(read_all(jobs[0].output), references["berlin"])
+    assert runs == {"alone": 2, "with_another": 0}  # 6 windows of 256 px, 4 per 512 x 512-pixel task
+
+
+@pytest.mark.slow
 def test_a_worker_killed_while_writing_leaves_nothing_visible_and_the_retry_completes(client, references, tmp_path):
     """Kill (SIGKILL) the worker whose job task is writing Berlin's output: no output appears until the retry has
     written all of it, the retry's output is identical to geolift fuse, and no temporary file is left."""
