@@ -286,8 +286,10 @@ def main(argv=None) -> int:
     print(f"mean dPSNR {d.mean():+.2f} dB (target >= +1.50: {verdict(d.mean() >= 1.5)}); "
           f"mean dSAM {mean_dsam:+.1f} % (target <= -15 %: {verdict(mean_dsam <= -15)})")
     if len(mild):
+        strong = d[[not r["case"].mild for r in rows]]
         print(f"mild half ({len(mild)} cases) mean dPSNR {mild.mean():+.2f} dB (target >= +1.00: "
-              f"{verdict(mild.mean() >= 1.0)}); strong half {d[[not r['case'].mild for r in rows]].mean():+.2f} dB")
+              f"{verdict(mild.mean() >= 1.0)}); strong half "
+              f"{f'{strong.mean():+.2f} dB' if len(strong) else '(no case)'}")
     print(f"worst case {worst['case'].name} {worst['dpsnr']:+.2f} dB (target >= -0.10: {verdict(d.min() >= -0.1)}); "
           f"cases below -0.10 dB: {int((d < -0.1).sum())}")
     print(f"training time summed over cases and seeds: faithful {fit_f:.0f} s, default {fit_d:.0f} s "
