@@ -341,6 +341,11 @@ def item_for_output(
     return item
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the JSON text every Item and Collection is written as: indented, no NaN, a final newline."""
+    return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
+
+
 def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
     """Write ``data`` as JSON to ``path`` through a hidden temporary file renamed into place (never half a file);
     ``OutputError`` when it cannot be written."""
@@ -354,9 +359,8 @@ def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.geolift-tmp-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(json_bytes(data))
         os.chmod(tmp, NEW_FILE_MODE)
         os.replace(tmp, path)
     except (OSError, ValueError) as exc:

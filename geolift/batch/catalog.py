@@ -14,7 +14,7 @@ from geolift.batch.report import BatchReport
 from geolift.errors import InputError, OutputError
 from geolift.io import vsi
 from geolift.io.vsi import is_vsi_path
-from geolift.stac import batch_collection, collection_for_items, item_for_output, item_path_for
+from geolift.stac import batch_collection, collection_for_items, item_for_output, item_path_for, json_bytes
 
 __all__ = ["COLLECTION_FILE", "write_batch_catalog"]
 
@@ -62,12 +62,12 @@ def _write_remote_catalog(jobs: Sequence[BatchJob], report: BatchReport, outdir:
                 with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):  # no listing of OUTDIR per file
                     item = item_for_output(job.output, path, qa=job.qa_output if qa else None,
                                            collection=collection_path)
-                vsi.write_bytes(path, (json.dumps(item, indent=2, allow_nan=False) + "\n").encode())
+                vsi.write_bytes(path, json_bytes(item))
         except (InputError, OutputError, ValueError) as exc:
             log.warning("No STAC Item for %s: %s", Path(job.output).name, exc)
             continue
         written.append((item, path))
     collection = collection_for_items(written, collection_path)
-    vsi.write_bytes(collection_path, (json.dumps(collection, indent=2, allow_nan=False) + "\n").encode())
+    vsi.write_bytes(collection_path, json_bytes(collection))
     log.info("STAC: %s links %d Item(s).", collection_path, len(written))
     return collection_path, [p for _, p in written]

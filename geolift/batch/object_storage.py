@@ -87,12 +87,14 @@ def local_stage(job: BatchJob) -> Iterator[BatchJob]:
 def _item_bytes(local_item: Path) -> bytes:
     """The Item written in the local folder, its links to local inputs made absolute (relative ones would point
     from the local folder, not from the object)."""
+    from geolift.stac import json_bytes
+
     item = json.loads(local_item.read_text())
     for link in item.get("links", []):
         href = link.get("href", "")
         if link.get("rel") == "derived_from" and "://" not in href and not href.startswith("/"):
             link["href"] = os.path.normpath(os.path.join(local_item.parent, href))
-    return (json.dumps(item, indent=2) + "\n").encode()
+    return json_bytes(item)
 
 
 def upload_outputs(local: BatchJob, job: BatchJob, settings: BatchSettings) -> None:

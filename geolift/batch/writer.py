@@ -33,7 +33,7 @@ from geolift.fuse import FusionPlan, prepare_fusion, write_fusion
 from geolift.io import check_output_path, is_remote
 from geolift.io.vsi import is_vsi_path
 
-__all__ = ["JobOutcome", "job_task", "window_key"]
+__all__ = ["JobOutcome", "job_task", "token_for"]
 
 log = logging.getLogger("geolift")
 
@@ -47,7 +47,7 @@ class JobOutcome:
     pair_check: str
 
 
-def window_key(window) -> tuple[int, int, int, int]:
+def _window_key(window) -> tuple[int, int, int, int]:
     return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
 
 
@@ -66,7 +66,7 @@ class _TileFeed:
         tile = job.options.tile_size
         per_task = max(1, settings.pixels_per_task // (tile * tile))
         self.groups = [windows[i:i + per_task] for i in range(0, len(windows), per_task)]
-        self.where = {window_key(w): (g, k) for g, group in enumerate(self.groups) for k, w in enumerate(group)}
+        self.where = {_window_key(w): (g, k) for g, group in enumerate(self.groups) for k, w in enumerate(group)}
         self.futures: dict[int, Any] = {}
         self.submitted = 0
         self.current: tuple[int, list] | None = None
@@ -84,7 +84,7 @@ class _TileFeed:
             self.submitted += 1
 
     def block(self, window):
-        g, k = self.where[window_key(window)]
+        g, k = self.where[_window_key(window)]
         if self.current is None or self.current[0] != g:
             self._fill(g + 1 + self.ahead)
             what = f"tile task {g + 1}/{len(self.groups)}"  # logged on the job's thread: the client adds the job
@@ -135,7 +135,7 @@ def _write(plan: FusionPlan, job: BatchJob, settings: BatchSettings, topic: str 
         plan_future = client.scatter(plan, hash=False)
         feed = _TileFeed(client, job, settings, topic, token, plan_future, plan.output_windows(),
                          settings.tasks_ahead or max(2, threads))
-        log.info("%d output windows in %d tile tasks.", len(plan.output_windows()), len(feed.groups))
+        log.info("%d output windows in %d tile tasks.", len(feed.where), len(feed.groups))
         try:
             write_fusion(plan, job.output, progress=progress, inputs=job.inputs, blocks=feed.block, qa_path=qa_path)
         finally:
