@@ -275,7 +275,7 @@ class FusionPlan:
         model's range, as :func:`geolift.refine.refine` does."""
         started = time.perf_counter()
         rf.add_correction(self.correction, fused_good, int(window.row_off), int(window.col_off),
-                          self.model.data_range, relative_rms)
+                          self.model.output_range, relative_rms)
         with _REPORT_LOCK:  # windows may be predicted concurrently (batch tile tasks on threads)
             self.report.correction_seconds += time.perf_counter() - started
 
