@@ -57,7 +57,12 @@ Progress = Callable[[int, int, str], None]
 #: (blur-mixed) LR pixel, e.g. pure water (j = 0.25: on benchmarks/broad.py's 24 cases 0.5 gave +0.05 dB more but
 #: 0.9 % less SAM gain, and where the consistency step is refused the network alone fell up to 0.33 dB below the
 #: faithful one on HyperBench's sinc blur, 0.15 dB at 0.25); and it returns the mean of the weights over the last
-#: ``snapshot_fraction`` of the steps (snapshot averaging at the schedule's low-rate tail, nearly free).
+#: ``snapshot_fraction`` of the steps (snapshot averaging at the schedule's low-rate tail, nearly free). Its
+#: predictions are clipped to ``[0, hi]`` instead of the LR-HSI's ``[lo, hi]`` (``nonnegative``: reflectance and
+#: radiance are never negative, an LR minimum below 0 is noise, and one above 0 is a mixture an HR pixel may be darker
+#: than; 24-case screen: SAM -7.7 -> -12.7 % against the faithful preset, mostly Potsdam's water) and each one is
+#: moved towards agreement with its own MSI pixel (``msi_update``, :func:`msi_update_gain`; the same screen: +1.80
+#: -> +2.11 dB, SAM -> -15.4 %, the worst case +0.65 -> +1.01 dB).
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,
@@ -84,10 +89,11 @@ ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-7  # Keras Adam defaults t
 _INFERENCE_PIXELS = 2048
 
 
-#: The MSI update's Tikhonov weight, relative to the mean variance of the scene's LR-MSI bands. A 600-step screen of
-#: benchmarks/broad.py (P1 P3 P4 P7 B1 B2, seed 0, with the consistency step) gave mean gains over the faithful preset
-#: of +2.52 / +2.58 / +2.66 / +2.54 dB and SAM -14.4 / -14.8 / -15.2 / -14.5 % for 0, 1e-4, 1e-3 and 1e-2: with no
-#: weight the update copies the MSI's noise, with a heavy one it stops short.
+#: The MSI update's Tikhonov weight, relative to the mean variance of the scene's LR-MSI bands. 600-step screens of
+#: benchmarks/broad.py (24 cases, seed 0, against the faithful preset): 1e-3 / 3e-3 / 1e-2 gave +2.06 / +2.11 /
+#: +2.08 dB and SAM -14.8 / -15.4 / -15.5 %. Lighter weights suit large ratios (Potsdam at 8: +2.30 dB at 1e-3,
+#: +1.77 at 1e-1), heavier ones ratio 2 with 7-8 narrow MSI bands (Berlin WorldView-3: +2.57 and +3.45 dB), where
+#: the update mostly copies the MSI's noise.
 MSI_UPDATE_REGULARIZATION = 3e-3
 _COVARIANCE_CHUNK = 16384  # training spectra per step of the covariance sums
 
@@ -96,12 +102,13 @@ def msi_update_gain(target: np.ndarray, R: np.ndarray, regularization: float | N
     """The (C, m) gain ``G = S Rᵀ (R S Rᵀ + λ I)⁻¹`` of the MSI update; None when the spectra's MSI view does not vary.
 
     ``S`` is the covariance of the training spectra ``target`` ((n, C), scaled units), ``λ`` is ``regularization``
-    (None: :data:`MSI_UPDATE_REGULARIZATION`) times the mean variance of their MSI bands. The network should give a spectrum ``x`` whose MSI view ``R·x`` is
-    the pixel ``m`` it was given; outside what it was trained on (a material every LR pixel mixed with others, as
-    water is at large ratios) it does not. ``x + G(m - R·x)`` is the linear minimum-variance step towards agreement
-    with the scene's spectral covariance as the prior: it moves ``x`` the ways this scene's spectra vary, not along
-    the MSI bands' boxy responses. The sums run in torch in fixed chunks (numpy's BLAS may round differently with
-    another thread count, and ``geolift batch`` must fit what ``geolift fuse`` fits).
+    (None: :data:`MSI_UPDATE_REGULARIZATION`) times the mean variance of their MSI bands. The network should give a
+    spectrum ``x`` whose MSI view ``R·x`` is the pixel ``m`` it was given; outside what it was trained on (a material
+    every LR pixel mixed with others, as water is at large ratios) it does not. ``x + G(m - R·x)`` is the linear
+    minimum-variance step towards agreement with the scene's spectral covariance as the prior: it moves ``x`` the
+    ways this scene's spectra vary, not along the MSI bands' boxy responses. The sums run in torch in fixed chunks
+    (numpy's BLAS may round differently with another thread count, and ``geolift batch`` must fit what ``geolift
+    fuse`` fits).
     """
     regularization = MSI_UPDATE_REGULARIZATION if regularization is None else float(regularization)
     R = np.asarray(R, dtype=np.float64)
@@ -457,6 +464,8 @@ class SpectraLift:
     Outputs are clipped to ``[0, 1]`` in scaled units, i.e. ``[lo, hi]`` in user units, as the reference does:
     the network only ever saw targets inside that range, so values outside it are extrapolation, not signal.
     Pass ``value_range`` (e.g. ``(0, 10000)``) to clip to a physical range instead of the LR-HSI's data range.
+    The default recipe clips to ``[0, hi]`` instead (``nonnegative``, :attr:`output_range`) and moves each
+    prediction towards agreement with its MSI pixel (``msi_update``, :func:`msi_update_gain`).
 
     Non-finite pixels (any band NaN/inf) of the LR-HSI are left out of training; such pixels of the MSI come out
     NaN in every band. Fitting is deterministic on a given machine and torch thread count: the same seed and data
