@@ -58,7 +58,7 @@ def in_memory_prediction(plan):
     x0 = plan.model.predict(msi, consistency=False)
     if plan.correction is None:
         return x0
-    return np.clip(x0 + refine.correction_for_tile(plan.correction, x0, 0, 0), *plan.model.data_range)
+    return np.clip(x0 + refine.correction_for_tile(plan.correction, x0, 0, 0), *plan.model.output_range)
 
 
 def plan_copy(plan, **options):

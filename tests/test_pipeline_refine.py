@@ -101,7 +101,7 @@ def test_streamed_two_passes_equal_refine_in_memory(wald, tmp_path, tile):
     x0 = plan.model.predict(wald.hr_msi.astype(np.float32), consistency=False)
     grid = rf.GridPair(wald.hr_transform, wald.gt.shape[1:], wald.lr_transform, wald.lr_hsi.shape[1:])
     expected, psf, _ = rf.refine(x0, wald.lr_hsi.astype(np.float32), wald.hr_msi.astype(np.float32), plan.response,
-                                 grid=grid, value_range=plan.model.data_range)
+                                 grid=grid, value_range=plan.model.output_range)
     assert psf.width == pytest.approx(plan.report.psf["width_px"], rel=1e-6)
     assert np.isfinite(streamed).all()
     assert np.abs(expected - x0).max() > 1e-3  # the correction is not nothing
