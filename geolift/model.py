@@ -40,7 +40,9 @@ __all__ = [
     "MIN_TRAINING_PIXELS",
     "SpectraLift",
     "SpectraLiftMLP",
+    "fold_msi_update",
     "learning_rate_schedule",
+    "msi_update_gain",
 ]
 
 log = logging.getLogger("geolift")
@@ -122,12 +124,27 @@ def msi_update_gain(target: np.ndarray, R: np.ndarray, regularization: float | N
         for a in range(0, n, _COVARIANCE_CHUNK):
             chunk = torch.from_numpy(np.asarray(target[a:a + _COVARIANCE_CHUNK], dtype=np.float64)) - mean
             gram += chunk.T @ chunk
-        covariance = (gram / max(n - 1, 1)).numpy()
-    seen = R @ covariance @ R.T  # (m, m): the covariance of the MSI view
-    spread = float(np.trace(seen)) / R.shape[0]
-    if not spread > 0.0:
-        return None
-    return covariance @ R.T @ np.linalg.inv(seen + regularization * spread * np.eye(R.shape[0]))
+        covariance = gram / max(n - 1, 1)
+        response = torch.from_numpy(R)
+        seen = response @ covariance @ response.T  # (m, m): the covariance of the MSI view
+        spread = float(torch.trace(seen)) / R.shape[0]
+        if not spread > 0.0:
+            return None
+        weighted = seen + regularization * spread * torch.eye(R.shape[0], dtype=torch.float64)
+        return (covariance @ response.T @ torch.linalg.inv(weighted)).numpy()
+
+
+def fold_msi_update(state: dict[str, np.ndarray], R: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The output layer with the MSI update folded in: ``x + G(m - R·x)`` of ``x = W·h + b`` is
+    ``[(I - GR)W | G]·[h; m] + (I - GR)b``, so the update costs the output layer m more inputs instead of passes over
+    every band. Returns that (C, hidden + m) weight and (C,) bias (scaled units, as the network's). Formed in torch
+    at fit time and kept with the weights, so every process predicting with the model uses the same bits."""
+    with torch.inference_mode():
+        w = torch.from_numpy(np.asarray(state["output_layer.weight"], np.float64))
+        b = torch.from_numpy(np.asarray(state["output_layer.bias"], np.float64))
+        g = torch.from_numpy(np.asarray(gain, np.float64))
+        keep = torch.eye(w.shape[0], dtype=torch.float64) - g @ torch.from_numpy(np.asarray(R, np.float64))
+        return torch.cat([keep @ w, g], dim=1).numpy(), (keep @ b).numpy()
 
 
 def learning_rate_schedule(steps: int, lr_initial: float, lr_max: float, lr_final: float,
@@ -194,11 +211,19 @@ class ExactNetwork:
 
     _LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer5", "layer6", "output_layer")
 
-    def __init__(self, state: dict[str, np.ndarray], device: torch.device | str = "cpu"):
+    def __init__(self, state: dict[str, np.ndarray], device: torch.device | str = "cpu",
+                 output_layer: tuple[np.ndarray, np.ndarray] | None = None):
+        """``output_layer``: a (C, hidden + m) weight and its (C,) bias that replace the output layer's and also
+        take the pixel's m MSI values, as :func:`fold_msi_update` makes them (None: the network as trained)."""
         self.device = torch.device(device)
-        self.layers = [(ExactMatrix(state[f"{name}.weight"], self.device),  # biases as columns: band-first
-                        torch.as_tensor(np.asarray(state[f"{name}.bias"], np.float64)[:, None], device=self.device))
-                       for name in self._LAYERS]
+        weights = {name: (np.asarray(state[f"{name}.weight"], np.float64), np.asarray(state[f"{name}.bias"],
+                                                                                       np.float64))
+                   for name in self._LAYERS}
+        self.msi_inputs = output_layer is not None
+        if self.msi_inputs:
+            weights["output_layer"] = tuple(np.asarray(a, np.float64) for a in output_layer)
+        self.layers = [(ExactMatrix(w, self.device),  # biases as columns: band-first
+                        torch.as_tensor(b[:, None], device=self.device)) for w, b in weights.values()]
         self.output_bias = self.layers[-1][1].to(torch.float32)
 
     def workspace(self, n: int) -> torch.Tensor:
@@ -206,7 +231,8 @@ class ExactNetwork:
         copies and the output product live in it instead of in new tensors at every layer of every call."""
         hidden = self.layers[0][0].matrix.shape[0]
         inputs, bands = self.layers[0][0].matrix.shape[1], self.layers[-1][0].matrix.shape[0]
-        return torch.empty((3 * hidden + max(hidden, inputs) + bands) * n, dtype=torch.float64, device=self.device)
+        rounded = hidden + inputs if self.msi_inputs else max(hidden, inputs)
+        return torch.empty((3 * hidden + rounded + bands) * n, dtype=torch.float64, device=self.device)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, work: torch.Tensor | None = None
                  ) -> torch.Tensor:
@@ -218,7 +244,8 @@ class ExactNetwork:
         work = self.workspace(n) if work is None else work
         hidden, inputs = self.layers[0][0].matrix.shape
         parts, start = [], 0
-        for rows in (hidden, hidden, hidden, max(hidden, inputs), self.layers[-1][0].matrix.shape[0]):
+        joint = hidden + inputs if self.msi_inputs else max(hidden, inputs)
+        for rows in (hidden, hidden, hidden, joint, self.layers[-1][0].matrix.shape[0]):
             parts.append(work[start:start + rows * n])
             start += rows * n
         a, b, c, rounded, product = parts
@@ -235,6 +262,8 @@ class ExactNetwork:
         h = act(3, act(2, h, c, rounded), a, c.view(hidden, n)).add_(h)
         h = act(5, act(4, h, b, rounded), c, b.view(hidden, n)).add_(h)
         final = self.layers[-1][0]
+        if self.msi_inputs:  # the output layer also takes the pixel's MSI values (fold_msi_update)
+            h = torch.cat([h, x.T], out=rounded.view(joint, n))
         product = final.columns(h, product.view(final.matrix.shape[0], n), h)
         if out is None:
             out = torch.empty(product.shape, dtype=torch.float32, device=self.device)
@@ -557,8 +586,7 @@ class SpectraLift:
         self._state: dict[str, np.ndarray] | None = None  # fitted weights, CPU numpy (what pickle ships)
         self._msi_offset: np.ndarray | None = None  # lo * rowsum(R), per MSI band
         self._net: ExactNetwork | None = None  # inference network, rebuilt lazily, never pickled
-        self._msi_update: tuple[np.ndarray, np.ndarray] | None = None  # (R, gain) of the MSI update, what pickle ships
-        self._update: tuple[ExactMatrix, ExactMatrix] | None = None  # the same as exact matrices, rebuilt lazily
+        self._msi_update: tuple[np.ndarray, np.ndarray] | None = None  # output layer with the MSI update folded in
         self._lr_hsi: np.ndarray | None = None  # what fit() saw, for the consistency step (a reference, no copy)
         self._response: np.ndarray | None = None
 
@@ -609,8 +637,7 @@ class SpectraLift:
         self._check_fitted()
         dev = _resolve_device(self.device)
         if self._net is None or self._net.device != dev:
-            self._net = ExactNetwork(self._state, dev)
-            self._update = None if self._msi_update is None else tuple(ExactMatrix(a, dev) for a in self._msi_update)
+            self._net = ExactNetwork(self._state, dev, self._msi_update)  # (the folded output layer, or None)
         return self._net
 
     # ------------------------------------------------------------------ fit
@@ -668,8 +695,8 @@ class SpectraLift:
         with torch_threads(self.num_threads):
             self._state, self.history = self._train(inputs, target, dev, progress)
             gain = msi_update_gain(target, R) if self.msi_update else None
-        self._msi_update = None if gain is None else (R.copy(), gain)
-        self._net = self._update = None
+            self._msi_update = None if gain is None else fold_msi_update(self._state, R, gain)
+        self._net = None
         self.n_bands_in, self.n_bands_out = int(R.shape[0]), int(n_bands)
         self.data_range = (lo, hi)
         self._msi_offset = (lo * R.sum(axis=1)).astype(np.float64)
@@ -841,8 +868,6 @@ class SpectraLift:
             for a in range(0, scaled.shape[0], _INFERENCE_PIXELS):
                 b = min(scaled.shape[0], a + _INFERENCE_PIXELS)
                 y = net(scaled[a:b], target[:, a:b] if direct else None, work)
-                if self._update is not None:
-                    _agree_with_msi(y, scaled[a:b], self._update)
                 y.clamp_(scaled_floor, 1.0).mul_(hi - lo).add_(lo).clamp_(floor, hi)  # clip: see the class docstring
                 if not direct:
                     out[:, columns[a:b]] = y.cpu().numpy()
@@ -850,7 +875,7 @@ class SpectraLift:
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_net"] = state["_update"] = None  # weights travel as numpy; exact matrices are rebuilt where used
+        state["_net"] = None  # weights travel as numpy in _state; the network is rebuilt where it is used
         state.setdefault("_lr_hsi", None)
         state.setdefault("_response", None)
         return state
@@ -861,14 +886,5 @@ class SpectraLift:
         state.setdefault("nonnegative", False)  # models pickled before these recipe settings existed
         state.setdefault("msi_update", False)
         state.setdefault("_msi_update", None)
-        state.setdefault("_update", None)
         self.__dict__.update(state)
 
-
-def _agree_with_msi(y: torch.Tensor, msi: torch.Tensor, update: tuple[ExactMatrix, ExactMatrix]) -> None:
-    """The MSI update in place: ``y += G·(m - R·y)`` for (C, n) float32 spectra ``y`` and their (n, m) float64 MSI
-    pixels, all in scaled units (:func:`msi_update_gain`). Both products are exact, the rest element-wise, so a
-    pixel's result stays a function of that pixel alone (see :class:`ExactNetwork`)."""
-    response, gain = update
-    residual = torch.sub(msi.T, response.columns(y))  # (m, n) float64
-    y.add_(gain.columns(residual).to(torch.float32))

@@ -10,15 +10,14 @@ import torch
 from helpers import box_response
 
 from geolift.errors import GeoliftError, ModelError
-from geolift.exact import ExactMatrix
 from geolift.model import (  # internals checked against their references
     PRESETS,
     ExactNetwork,
     SpectraLift,
     SpectraLiftMLP,
-    _agree_with_msi,
     _FlatKerasAdam,
     _MeanAbsoluteError,
+    fold_msi_update,
     learning_rate_schedule,
     msi_update_gain,
 )
@@ -651,18 +650,21 @@ def test_msi_update_makes_purer_pixels_than_any_training_pixel_agree_with_their_
 
 
 @pytest.mark.reproducible
-def test_msi_update_gives_each_pixel_the_same_bits_whatever_else_is_in_the_call():
+def test_msi_update_folded_into_the_output_layer_is_the_update_and_exact_per_pixel():
+    """The exact network with the folded output layer computes x + G(m - R·x) of the plain network's x (to float32
+    rounding), and each pixel's result is the same bits whatever else is in the call."""
+    net = SpectraLiftMLP(4, 30, generator=torch.Generator().manual_seed(3))
+    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
     rng = np.random.default_rng(7)
     R, G = rng.uniform(0, 0.1, (4, 30)), rng.normal(0, 1, (30, 4))
-    update = (ExactMatrix(R), ExactMatrix(G))
-    y = torch.from_numpy(rng.uniform(0, 1, (30, 500)).astype(np.float32))
-    msi = torch.from_numpy(rng.uniform(0, 1, (500, 4)))
-    whole = y.clone()
+    plain, updated = ExactNetwork(state), ExactNetwork(state, output_layer=fold_msi_update(state, R, G))
+    x = torch.rand(500, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     with torch.inference_mode():
-        _agree_with_msi(whole, msi, update)
+        before, whole = plain(x).numpy().astype(np.float64), updated(x)
+        expected = before + G @ (x.numpy().T - R @ before)
+        np.testing.assert_allclose(whole.numpy(), expected, rtol=0, atol=2e-5)
+        assert np.abs(expected - before).max() > 1e-2  # the update is not nothing
+        order = torch.randperm(500, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(updated(x[order]), whole[:, order])
         for a, b in [(0, 1), (3, 4), (10, 77), (250, 500)]:
-            part = y[:, a:b].clone()
-            _agree_with_msi(part, msi[a:b], update)
-            assert torch.equal(part, whole[:, a:b])
-    expected = y.numpy().astype(np.float64) + G @ (msi.numpy().T - R @ y.numpy().astype(np.float64))
-    np.testing.assert_allclose(whole.numpy(), expected, rtol=0, atol=1e-5)  # the step itself, to float32
+            assert torch.equal(updated(x[a:b]), whole[:, a:b])
