@@ -146,6 +146,7 @@ class FuseReport:
     msi_masked_pixels: dict[str, int] = field(default_factory=dict)
     days_apart: float | None = None  # between the two acquisitions, when both products give their times
     harmonized: bool = False
+    output_range: tuple[float, float] | None = None  # what predictions are clipped to, in the HSI's units
     training_pixels: int = 0
     train_seconds: float = 0.0
     write_seconds: float = 0.0
@@ -492,6 +493,7 @@ def prepare_fusion(
     with torch_threads(options.torch_threads):
         model.fit(lr_hsi, response.matrix, progress=progress, keep_lr_hsi=False)  # pass 1 below, window by window
     report.train_seconds = time.perf_counter() - started
+    report.output_range = model.output_range
     log.info("Trained in %.1f s (final L1 loss %.4g).", report.train_seconds,
              model.history[-1] if len(model.history) else math.nan)
 

@@ -699,6 +699,9 @@ class SpectraLift:
         self._net = None
         self.n_bands_in, self.n_bands_out = int(R.shape[0]), int(n_bands)
         self.data_range = (lo, hi)
+        if self.nonnegative and lo < 0.0 < hi:
+            log.info("The LR-HSI has values down to %.4g; predictions are clipped at 0 (the %s preset: reflectance "
+                     "and radiance are never negative; nonnegative=False keeps the LR-HSI's range).", lo, self.preset)
         self._msi_offset = (lo * R.sum(axis=1)).astype(np.float64)
         self.n_train_pixels = n_valid
         keep = keep_lr_hsi and self.consistency

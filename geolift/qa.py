@@ -5,7 +5,8 @@
 
 1. ``srf_residual``: ``‖R·x − m‖ / ‖m‖``, how far the fused spectrum ``x``, seen through the MSI's responses, is from
    the MSI pixel ``m`` the network was given (relative; the network alone keeps it small, the consistency step
-   keeps it unchanged, so a high value marks a pixel the network could not reproduce).
+   keeps it unchanged, so a high value marks a pixel the network could not reproduce; the default recipe's MSI
+   update leaves a fixed share of that misfit, ``λ(RSRᵀ + λI)⁻¹`` of it, see ``geolift.model.msi_update_gain``).
 2. ``lr_correction``: the RMS of the consistency step's correction at the pixel, relative to the RMS of its
    spectrum: how much the LR-HSI disagreed with the network here (NaN when the step did not run).
 3. ``novelty``: the distance of the pixel's MSI spectrum to the nearest spectrum the network was trained on, in
