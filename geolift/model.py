@@ -604,11 +604,13 @@ class SpectraLift:
     @property
     def output_range(self) -> tuple[float, float] | None:
         """(lo, hi) that predictions are clipped to, in user units (None before :meth:`fit`): :attr:`data_range`,
-        or ``(0, hi)`` when the recipe is ``nonnegative``."""
+        or ``(0, hi)`` when the recipe is ``nonnegative`` and no ``value_range`` was given (a range the caller
+        states is the physical one and is kept)."""
         if self.data_range is None:
             return None
         lo, hi = self.data_range
-        return (0.0, hi) if self.nonnegative and hi > 0.0 else (lo, hi)
+        floored = self.nonnegative and self.value_range is None and hi > 0.0
+        return (0.0, hi) if floored else (lo, hi)
 
     @property
     def is_fitted(self) -> bool:
@@ -699,7 +701,7 @@ class SpectraLift:
         self._net = None
         self.n_bands_in, self.n_bands_out = int(R.shape[0]), int(n_bands)
         self.data_range = (lo, hi)
-        if self.nonnegative and lo < 0.0 < hi:
+        if self.output_range[0] == 0.0 and lo < 0.0:
             log.info("The LR-HSI has values down to %.4g; predictions are clipped at 0 (the %s preset: reflectance "
                      "and radiance are never negative; nonnegative=False keeps the LR-HSI's range).", lo, self.preset)
         self._msi_offset = (lo * R.sum(axis=1)).astype(np.float64)

@@ -357,6 +357,8 @@ def test_default_outputs_are_clipped_to_zero_and_the_lr_hsi_maximum(scene):
     noisy = SpectraLift(**FAST).fit(units - 2 * lo, R)  # an LR-HSI whose noise dips below 0
     assert noisy.data_range[0] < 0 and noisy.output_range == (0.0, noisy.data_range[1])
     assert noisy.predict(wild).min() == np.float32(0.0)
+    stated = SpectraLift(**FAST, value_range=(-1000.0, 20000.0)).fit(units, R)  # a range the caller states is kept
+    assert stated.output_range == (-1000.0, 20000.0)
 
 
 # ---------------------------------------------------------------- errors
