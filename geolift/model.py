@@ -63,7 +63,7 @@ Progress = Callable[[int, int, str], None]
 #: or brighter copy of a material is a valid pair because ``R`` is linear) was 0.25 in this preset until the MSI
 #: update took over its job, keeping the shape of HR pixels darker than any mixed LR pixel. With the update, 0 and
 #: 0.25 gave +2.08 and +2.11 dB, SAM -15.5 and -15.4 % on the 24-case screen, but on HyperBench's zoo
-#: (benchmarks/hyperbench_zoo.py) +1.18 and +1.31 dB with the radial sinc case at +0.00 and -0.15 dB: where the
+#: (benchmarks/hyperbench_zoo.py) +1.18 and +1.31 dB with the radial sinc case at +0.02 and -0.15 dB: where the
 #: consistency step is refused, a jittered network falls below the faithful one, so the preset trains without it.
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
