@@ -230,10 +230,14 @@ class ExactNetwork:
     def workspace(self, n: int) -> torch.Tensor:
         """A float64 buffer for calls of up to ``n`` pixels (one per thread): the activations, their rounded
         copies and the output product live in it instead of in new tensors at every layer of every call."""
-        hidden = self.layers[0][0].matrix.shape[0]
-        inputs, bands = self.layers[0][0].matrix.shape[1], self.layers[-1][0].matrix.shape[0]
-        rounded = hidden + inputs if self.msi_inputs else max(hidden, inputs)
-        return torch.empty((3 * hidden + rounded + bands) * n, dtype=torch.float64, device=self.device)
+        hidden, bands = self.layers[0][0].matrix.shape[0], self.layers[-1][0].matrix.shape[0]
+        return torch.empty((3 * hidden + self._rounded_rows() + bands) * n, dtype=torch.float64, device=self.device)
+
+    def _rounded_rows(self) -> int:
+        """Rows of the workspace's buffer for rounded layer inputs: the widest input, or with the folded output
+        layer its hidden features and the MSI values side by side."""
+        hidden, inputs = self.layers[0][0].matrix.shape
+        return hidden + inputs if self.msi_inputs else max(hidden, inputs)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, work: torch.Tensor | None = None
                  ) -> torch.Tensor:
@@ -243,9 +247,9 @@ class ExactNetwork:
         :meth:`workspace` of at least n pixels (the same bits without one, more allocation)."""
         n = x.shape[0]
         work = self.workspace(n) if work is None else work
-        hidden, inputs = self.layers[0][0].matrix.shape
+        hidden = self.layers[0][0].matrix.shape[0]
         parts, start = [], 0
-        joint = hidden + inputs if self.msi_inputs else max(hidden, inputs)
+        joint = self._rounded_rows()
         for rows in (hidden, hidden, hidden, joint, self.layers[-1][0].matrix.shape[0]):
             parts.append(work[start:start + rows * n])
             start += rows * n
@@ -587,7 +591,7 @@ class SpectraLift:
         self._state: dict[str, np.ndarray] | None = None  # fitted weights, CPU numpy (what pickle ships)
         self._msi_offset: np.ndarray | None = None  # lo * rowsum(R), per MSI band
         self._net: ExactNetwork | None = None  # inference network, rebuilt lazily, never pickled
-        self._msi_update: tuple[np.ndarray, np.ndarray] | None = None  # output layer with the MSI update folded in
+        self._folded_output: tuple[np.ndarray, np.ndarray] | None = None  # output layer + MSI update (fold_msi_update)
         self._lr_hsi: np.ndarray | None = None  # what fit() saw, for the consistency step (a reference, no copy)
         self._response: np.ndarray | None = None
 
@@ -640,7 +644,7 @@ class SpectraLift:
         self._check_fitted()
         dev = _resolve_device(self.device)
         if self._net is None or self._net.device != dev:
-            self._net = ExactNetwork(self._state, dev, self._msi_update)  # (the folded output layer, or None)
+            self._net = ExactNetwork(self._state, dev, self._folded_output)
         return self._net
 
     # ------------------------------------------------------------------ fit
@@ -698,7 +702,7 @@ class SpectraLift:
         with torch_threads(self.num_threads):
             self._state, self.history = self._train(inputs, target, dev, progress)
             gain = msi_update_gain(target, R) if self.msi_update else None
-            self._msi_update = None if gain is None else fold_msi_update(self._state, R, gain)
+            self._folded_output = None if gain is None else fold_msi_update(self._state, R, gain)
         self._net = None
         self.n_bands_in, self.n_bands_out = int(R.shape[0]), int(n_bands)
         self.data_range = (lo, hi)
@@ -891,6 +895,6 @@ class SpectraLift:
         state.setdefault("_response", None)
         state.setdefault("nonnegative", False)  # models pickled before these recipe settings existed
         state.setdefault("msi_update", False)
-        state.setdefault("_msi_update", None)
+        state.setdefault("_folded_output", None)
         self.__dict__.update(state)
 
