@@ -92,7 +92,13 @@ def assess(hsi_source, msi_source, options: fuse.FuseOptions | None = None,
     psf = fuse.estimate_blur(plan, pair.lr_hsi)
     report.factor, report.psf = factor, {"family": psf.family, "fwhm_px": psf.fwhm, "misfit": psf.residual}
     # The same blur relative to the pixel it blurs into: width in HSI pixels is width in MSI pixels x factor / ratio.
-    reduced_psf = blur.PSFEstimate(psf.family, psf.width * factor / report.ratio, psf.beta, "nearest")
+    # A free-form kernel is carried over as the Gaussian of its second moment (its taps are on the MSI grid).
+    family = "gaussian" if psf.family == "free" else psf.family
+    width = psf.width if math.isfinite(psf.width) else 0.5 * report.ratio
+    if psf.family == "free":
+        log.info("Assess: the free-form blur kernel is simulated at the reduced scale as a Gaussian of FWHM %.2f "
+                 "output px.", 2.0 * math.sqrt(2.0 * math.log(2.0)) * width)
+    reduced_psf = blur.PSFEstimate(family, width * factor / report.ratio, psf.beta, "nearest")
 
     truth, msi = _valid_crop(pair.lr_hsi, pair.observed, pair.hsi_valid, factor)
     rows, cols = truth.shape[1:]

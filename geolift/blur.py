@@ -23,7 +23,7 @@ from scipy import optimize, sparse
 from geolift.errors import AlignmentError, ModelError
 from geolift.interpolation import keys_cubic
 
-__all__ = ["GridPair", "PSFEstimate", "degrade", "estimate_psf"]
+__all__ = ["GridPair", "PSFEstimate", "FreeKernelFit", "degrade", "estimate_psf", "fit_free_kernel"]
 
 log = logging.getLogger("geolift")
 
@@ -171,7 +171,9 @@ def _convolution(n: int, taps: np.ndarray, boundary: str) -> sparse.csr_matrix:
 class PSFEstimate:
     """A blur kernel in HR pixels, as estimated from the data (or given), and the border convention.
 
-    ``family``: ``"gaussian"`` (``width`` = σ) or ``"moffat"`` (``width`` = core α, ``beta``). ``boundary``:
+    ``family``: ``"gaussian"`` (``width`` = σ), ``"moffat"`` (``width`` = core α, ``beta``) or ``"free"`` (``taps``:
+    a free-form kernel fitted to the data, :func:`fit_free_kernel`, used where no parametric family explains the
+    blur; ``width`` = the σ of the Gaussian with the same second moment, for reports). ``boundary``:
     ``"nearest"`` (the scene continues like its edge, real sensors) or ``"zero"`` (dark outside, the Wald
     protocol's simulation convention) - whichever fits the data better. ``residual``: relative misfit of the fit
     (share of the LR-MSI variance left unexplained); ``gain``/``offset``: per MSI band, ``Z ≈ gain·D(B*M) + offset``.
@@ -186,6 +188,18 @@ class PSFEstimate:
     offset: np.ndarray | None = field(default=None, compare=False, repr=False)
     free_residual: float = field(default=float("nan"), compare=False)  # a free-form kernel's misfit, the floor
     shift: tuple[float, float] = (0.0, 0.0)  # (x, y) LR px the LR grid sits from where the transforms put it
+    taps: np.ndarray | None = field(default=None, compare=False, repr=False)  # the free-form kernel (family "free")
+    parametric_residual: float = field(default=float("nan"), compare=False)  # "free": the parametric fit it replaced
+
+    def __post_init__(self):
+        if (self.family == "free") != (self.taps is not None):
+            raise ModelError("A free-form PSF needs its taps, and only a free-form PSF has taps.")
+        if self.taps is not None:
+            taps = np.asarray(self.taps, dtype=np.float64)
+            if taps.ndim != 2 or taps.shape[0] != taps.shape[1] or taps.shape[0] % 2 == 0 or not taps.sum() > 0:
+                raise ModelError(f"A free-form kernel must be a square, odd-sized array with a positive sum, got "
+                                 f"shape {taps.shape}.")
+            object.__setattr__(self, "taps", taps / taps.sum())
 
     def registered(self, grid: GridPair) -> GridPair:
         """``grid`` with the co-registration error this fit found taken out (itself when none was found)."""
@@ -193,6 +207,8 @@ class PSFEstimate:
 
     @property
     def radius(self) -> int:
+        if self.taps is not None:
+            return self.taps.shape[0] // 2
         if self.family == "gaussian":
             return max(1, int(math.ceil(3.5 * self.width)))
         # where the Moffat profile falls to 1e-3 of its peak, capped
@@ -201,13 +217,16 @@ class PSFEstimate:
 
     @property
     def fwhm(self) -> float:
-        """Full width at half maximum in HR pixels (comparable across families)."""
-        if self.family == "gaussian":
+        """Full width at half maximum in HR pixels (comparable across families; a free-form kernel's is that of the
+        Gaussian with its second moment)."""
+        if self.family in ("gaussian", "free"):
             return 2.0 * math.sqrt(2.0 * math.log(2.0)) * self.width
         return 2.0 * self.width * math.sqrt(2.0 ** (1.0 / self.beta) - 1.0)
 
     def kernel(self) -> np.ndarray:
         """The (2·radius+1)² kernel, summing to 1."""
+        if self.taps is not None:
+            return self.taps
         offsets = np.arange(-self.radius, self.radius + 1, dtype=np.float64)
         r2 = offsets[None, :] ** 2 + offsets[:, None] ** 2
         if self.family == "gaussian":
@@ -217,12 +236,16 @@ class PSFEstimate:
         return k / k.sum()
 
 
-def _separable_terms(kernel: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Kernel ≈ Σ_k outer(col_k, row_k) (SVD, a few terms): a Gaussian needs one, a Moffat two or three."""
+def _separable_terms(kernel: np.ndarray, exact: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Kernel ≈ Σ_k outer(col_k, row_k) (SVD, a few terms): a Gaussian needs one, a Moffat two or three.
+
+    ``exact`` keeps every term above float64 rounding: a free-form kernel fitted to noisy data has no small
+    singular values, and truncating it to a few terms cost 5-20 dB (Potsdam Wald cases under HyperBench's sinc,
+    Gabor and Hermite PSFs)."""
     u, s, vt = np.linalg.svd(np.asarray(kernel, dtype=np.float64))
     terms = []
-    for i in range(min(_MAX_SEPARABLE_TERMS, len(s))):
-        if s[i] < _SEPARABLE_TOLERANCE * s[0]:
+    for i in range(len(s) if exact else min(_MAX_SEPARABLE_TERMS, len(s))):
+        if s[i] < (1e-12 if exact else _SEPARABLE_TOLERANCE) * s[0]:
             break
         terms.append((u[:, i] * math.sqrt(s[i]), vt[i] * math.sqrt(s[i])))
     return terms
@@ -238,11 +261,11 @@ class _BlurAggregate:
     count_x: np.ndarray
 
     @classmethod
-    def build(cls, grid: GridPair, kernel: np.ndarray, boundary: str) -> _BlurAggregate:
+    def build(cls, grid: GridPair, kernel: np.ndarray, boundary: str, exact: bool = False) -> _BlurAggregate:
         ay, ax = grid.axis("y"), grid.axis("x")
         sy, sx = ay.aggregation(), ax.aggregation()
         gy, gx = [], []
-        for col, row in _separable_terms(kernel):
+        for col, row in _separable_terms(kernel, exact):
             gy.append((sy @ _convolution(ay.n_hr, col, boundary)).tocsr())
             gx.append((sx @ _convolution(ax.n_hr, row, boundary)).tocsr())
         return cls(gy, gx, np.asarray(sy.sum(axis=1)).ravel(), np.asarray(sx.sum(axis=1)).ravel())
@@ -267,6 +290,10 @@ class _BlurAggregate:
             out[:, active_y[:, None], active_x[None, :]] += part.transpose(1, 0, 2)
         return out
 
+    @classmethod
+    def for_psf(cls, grid: GridPair, psf: PSFEstimate) -> _BlurAggregate:
+        return cls.build(grid, psf.kernel(), psf.boundary, exact=psf.family == "free")
+
     @property
     def counts(self) -> np.ndarray:
         return np.outer(self.count_y, self.count_x)
@@ -274,8 +301,7 @@ class _BlurAggregate:
 
 def degrade(hr: np.ndarray, grid: GridPair, psf: PSFEstimate) -> np.ndarray:
     """``D(B*hr)``: blur with the PSF and average onto the LR grid; LR pixels with no HR pixel or a NaN give NaN."""
-    op = _BlurAggregate.build(grid, psf.kernel(), psf.boundary)
-    return _degrade_with(op, hr)
+    return _degrade_with(_BlurAggregate.for_psf(grid, psf), hr)
 
 
 def _degrade_with(op: _BlurAggregate, hr: np.ndarray) -> np.ndarray:
@@ -411,16 +437,50 @@ def _refit_width(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEsti
 FREE_FIT_EQUATIONS_PER_UNKNOWN = 20
 
 
-def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair,
-                       max_radius: int, min_radius: int = 1) -> float:
-    """The misfit a free-form blur kernel reaches on the same data (least squares over its taps, one offset per
-    band): the floor that noise, misregistration and radiometry set, whatever the blur's shape.
+@dataclass(frozen=True)
+class FreeKernelFit:
+    """A free-form blur kernel fitted to the data (:func:`fit_free_kernel`) and how well it explains them.
 
-    ``R·Y ≈ Σ_k h_k · D(shift_k M) + offset_b`` over the LR pixels the kernel's reach keeps inside ``hr_msi``.
-    A parametric fit far above this floor means the blur is not of its family (a sinc with strong negative side
-    lobes, say), so a correction built on it would add wrong detail. The share of variance left unexplained, as
-    :attr:`PSFEstimate.residual` measures it. On a small scene the kernel shrinks (down to ``min_radius``) until
-    there are three equations per unknown; NaN when even that is too many.
+    ``residual``: share of the LR-MSI variance it leaves (the floor a parametric fit is held against);
+    ``held_out``: the same share on LR pixels left out of the fit (two interleaved halves, each predicted from the
+    other), which says whether so many taps are determined by the data or fit their noise; ``mask``: the LR pixels
+    of the window that took part.
+    """
+
+    taps: np.ndarray
+    residual: float
+    held_out: float
+    mask: np.ndarray
+
+    @property
+    def radius(self) -> int:
+        return self.taps.shape[0] // 2
+
+    def equivalent_width(self) -> float:
+        """σ (HR px) of the Gaussian with the kernel's second moment about its centre of mass (for reports)."""
+        k = self.taps / self.taps.sum()
+        offsets = np.arange(-self.radius, self.radius + 1, dtype=np.float64)
+        my, mx = float(k.sum(axis=1) @ offsets), float(k.sum(axis=0) @ offsets)
+        second = float(np.sum(k * ((offsets[:, None] - my) ** 2 + (offsets[None, :] - mx) ** 2))) / 2.0
+        return math.sqrt(second) if second > 0 else float("nan")
+
+
+def _least_squares(columns: np.ndarray, y: np.ndarray) -> np.ndarray:
+    gram = columns.T @ columns
+    ridge = 1e-6 * np.trace(gram) / gram.shape[0]
+    return np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), columns.T @ y)
+
+
+def fit_free_kernel(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair,
+                    max_radius: int, min_radius: int = 1) -> FreeKernelFit | None:
+    """A free-form blur kernel fitted by least squares over its taps, one offset per band.
+
+    ``R·Y ≈ Σ_k h_k · D(shift_k M) + offset_b`` over the LR pixels the kernel's reach keeps inside ``hr_msi``: the
+    misfit it leaves is the floor that noise, misregistration and radiometry set, whatever the blur's shape, and
+    the taps are the blur itself where no parametric family fits (a sinc with strong negative side lobes, say).
+    The taps correlate: ``h[dy, dx]`` weighs the HR pixel ``dy`` rows and ``dx`` columns away, as
+    :func:`_convolution` applies them. On a small scene the kernel shrinks (down to ``min_radius``) until there
+    are three equations per unknown; None when even that is too many.
     """
     z = np.tensordot(np.asarray(R, np.float64), np.asarray(lr_hsi, np.float64), axes=1)  # (m, h, w)
     hr = np.asarray(hr_msi, dtype=np.float64)
@@ -437,7 +497,7 @@ def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, gr
         if keep.sum() * m >= 3 * (taps + m):
             break
     else:
-        return float("nan")
+        return None
     spare = int(keep.sum()) * m // (FREE_FIT_EQUATIONS_PER_UNKNOWN * (taps + m))
     if spare > 1:  # plenty of pixels: every ``spare``-th is enough, and the design matrix stays small
         kept = np.flatnonzero(keep.ravel())
@@ -445,7 +505,8 @@ def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, gr
         keep[kept[::spare]] = True
         keep = keep.reshape(h, w)
     padded = np.pad(hr, ((0, 0), (radius, radius), (radius, radius)), mode="edge")
-    columns = np.empty((int(keep.sum()) * m, taps + m))
+    n = int(keep.sum())
+    columns = np.empty((n * m, taps + m))
     k = 0
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
@@ -454,22 +515,44 @@ def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, gr
             columns[:, k] = means[:, keep].ravel()
             k += 1
     for b in range(m):
-        columns[:, taps + b] = np.repeat(np.arange(m) == b, int(keep.sum()))
+        columns[:, taps + b] = np.repeat(np.arange(m) == b, n)
     y = z[:, keep].ravel()
     if not np.all(np.isfinite(columns)):
-        return float("nan")
-    gram = columns.T @ columns
-    ridge = 1e-6 * np.trace(gram) / gram.shape[0]
-    coef = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), columns.T @ y)
-    residual = (y - columns @ coef).reshape(m, -1)
+        return None
     observed = y.reshape(m, -1)
-    unexplained = float(np.sum(residual**2))
-    total = float(np.sum((observed - observed.mean(axis=1, keepdims=True)) ** 2))
-    return unexplained / max(total, 1e-30)
+    total = max(float(np.sum((observed - observed.mean(axis=1, keepdims=True)) ** 2)), 1e-30)
+    coef = _least_squares(columns, y)
+    residual = y - columns @ coef
+    half = np.tile(np.arange(n) % 2 == 0, m)  # every other LR pixel in raster order: two interleaved halves
+    held_out = 0.0
+    for fit_on in (half, ~half):
+        part = _least_squares(columns[fit_on], y[fit_on])
+        miss = y[~fit_on] - columns[~fit_on] @ part
+        held_out += float(miss @ miss)
+    return FreeKernelFit(coef[:taps].reshape(2 * radius + 1, 2 * radius + 1), float(residual @ residual) / total,
+                         held_out / total, keep)
+
+
+def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair,
+                       max_radius: int, min_radius: int = 1) -> float:
+    """The misfit a free-form blur kernel reaches on the same data (:func:`fit_free_kernel`): the floor a
+    parametric fit far above means the blur is not of its family. NaN when the scene is too small to tell."""
+    fit = fit_free_kernel(lr_hsi, hr_msi, R, grid, max_radius, min_radius)
+    return float("nan") if fit is None else fit.residual
+
+
+def parametric_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair, psf: PSFEstimate,
+                      mask: np.ndarray) -> float:
+    """The share of the LR-MSI variance ``psf`` (on its registered grid, with a gain and offset per band) leaves
+    on the LR pixels ``mask``: a parametric fit's misfit where a free-form kernel's was measured."""
+    z = np.tensordot(np.asarray(R, np.float64), np.asarray(lr_hsi, np.float64), axes=1)
+    dbm = degrade(np.asarray(hr_msi, np.float64), psf.registered(grid), psf)
+    usable = mask & np.all(np.isfinite(dbm), axis=0) & np.all(np.isfinite(z), axis=0)
+    return _fit_misfit(z, dbm, usable)[0] if usable.sum() >= 4 else float("nan")
 
 
 def _psf_misfit(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate):
-    op = _BlurAggregate.build(grid, psf.kernel(), psf.boundary)  # once per evaluation: its counts serve the mask
+    op = _BlurAggregate.for_psf(grid, psf)  # once per evaluation: its counts serve the mask
     dbm = _degrade_with(op, hr_msi)
     full = op.counts >= 0.999 / (grid.scale_y * grid.scale_x)  # LR pixels whose whole footprint is on the HR grid
     mask = full & np.all(np.isfinite(z), axis=0) & np.all(np.isfinite(dbm), axis=0)

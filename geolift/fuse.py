@@ -552,7 +552,8 @@ def observe_low_res(plan: FusionPlan, lr_hsi: np.ndarray) -> LowResObservation |
         return _skip_refine(report, str(exc).rstrip("."))
     report.psf = {"family": psf.family, "width_px": psf.width, "beta": psf.beta, "fwhm_px": psf.fwhm,
                   "boundary": psf.boundary, "misfit": psf.residual, "free_kernel_misfit": psf.free_residual,
-                  "shift_hsi_px": list(psf.shift)}
+                  "shift_hsi_px": list(psf.shift), "radius_px": psf.radius,
+                  "parametric_misfit": psf.parametric_residual if psf.family == "free" else psf.residual}
     problem = rf.blur_model_problem(psf)
     if problem is not None:
         return _skip_refine(report, problem)

@@ -38,7 +38,8 @@ from geolift.blur import (
     degrade,
     estimate_psf,
     find_shift,
-    free_kernel_misfit,
+    fit_free_kernel,
+    parametric_misfit,
     refit_width,
 )
 from geolift.errors import ModelError
@@ -75,6 +76,14 @@ REFINE_STRIP_ROWS = 64
 #: fitted on a central window of this size, and a parametric fit leaving this many times its misfit is refused.
 FREE_KERNEL_WINDOW, FREE_KERNEL_MAX_RADIUS, MODEL_MISFIT_RATIO = 384, 12, 10.0
 MISFIT_FLOOR = 1e-5  # below this share of variance, a misfit is noise-level whatever the ratio
+
+#: The free-form kernel replaces the parametric fit when the parametric fit leaves more than this many times the
+#: misfit the free-form kernel leaves on LR pixels held out of its own fit (same window, same pixels).
+#: ``benchmarks/psf_zoo.py``-style Potsdam cases at ratios 4 and 8: Gaussian, Kolmogorov, Airy, Moffat,
+#: Lorentzian, parabolic and delta blurs 0.23-1.09 (the parametric fit is as good, with two parameters instead of
+#: hundreds of taps); HyperBench's sinc 21-189, Gabor 6-11, Hermite 3.0-5.7, where the free kernel's correction
+#: gained 0.7-1.7 dB over the network alone and a Gaussian's could cost 8 dB.
+FREE_KERNEL_SWITCH = 2.0
 
 #: An LR pixel takes part in the solve only where the HR grid covers at least this share of its footprint. The mean
 #: over most of a footprint still says what the pixel saw: on tests/test_fuse.py's aligned Wald case, whose output
@@ -118,7 +127,7 @@ class LowResAccumulator:
         if self.basis is not None and (self.basis.ndim != 2 or self.basis.shape[0] != self.n_bands):
             raise ModelError(f"The spectral basis must be a ({self.n_bands}, k) matrix, got {self.basis.shape}.")
         self._reduce = None if self.basis is None else ExactMatrix(self.basis.T)  # a pixel's maps: its own alone
-        self._op = _BlurAggregate.build(grid, psf.kernel(), psf.boundary)
+        self._op = _BlurAggregate.for_psf(grid, psf)
         maps = self.n_bands if self.basis is None else self.basis.shape[1]
         self._sums = np.zeros((maps, *grid.lr_shape))
         self._nodata = np.zeros((1, *grid.lr_shape))
@@ -613,10 +622,13 @@ def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridP
                          window: int = PSF_WINDOW, families: tuple[str, ...] = ("gaussian",)) -> PSFEstimate:
     """The blur from a central output window of at most ``window`` pixels a side and the LR pixels under it (not
     the whole scene: cheap, and plenty), a sub-pixel misregistration found on a smaller central window
-    (``shift``, :func:`geolift.blur.find_shift`; the width is then fitted again with it), and the floor a free-form
-    kernel reaches on that smaller window (``free_residual``, see :func:`blur_model_problem`). ``read_hr(Window)``
-    gives the HR-MSI there; the pipeline reads its file, :func:`refine` slices its array, so both estimate the same
-    blur from the same pixels."""
+    (``shift``, :func:`geolift.blur.find_shift`; the width is then fitted again with it), and a free-form kernel
+    fitted on that smaller window: the floor its misfit sets (``free_residual``, see :func:`blur_model_problem`),
+    and the kernel itself, returned instead of the parametric fit when that fit leaves more than
+    :data:`FREE_KERNEL_SWITCH` times the free kernel's misfit on held-out pixels (the blur is then not of the
+    family, and the free kernel's taps, misregistration included, are a better model). ``read_hr(Window)`` gives
+    the HR-MSI there; the pipeline reads its file, :func:`refine` slices its array, so both estimate the same blur
+    from the same pixels."""
     lr, hr_block, window_grid, outer = _central_window(lr_hsi, read_hr, grid, window)
     psf = estimate_psf(lr, hr_block, R, window_grid, families=families, fit_shift=False)
 
@@ -631,8 +643,21 @@ def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridP
         psf = refit_width(lr, hr_block, R, window_grid, psf, shift)
     ratio = 1.0 / min(grid.scale_y, grid.scale_x)
     radius = min(FREE_KERNEL_MAX_RADIUS, int(math.ceil(2.0 * ratio)))
-    floor = free_kernel_misfit(lr_small, hr_small, R, small_grid, radius, min_radius=int(math.ceil(ratio / 2)))
-    return dataclasses.replace(psf, free_residual=floor)
+    free = fit_free_kernel(lr_small, hr_small, R, small_grid, radius, min_radius=int(math.ceil(ratio / 2)))
+    if free is None:
+        return psf
+    psf = dataclasses.replace(psf, free_residual=free.residual)
+    same_pixels = parametric_misfit(lr_small, hr_small, R, small_grid, psf, free.mask)
+    if not same_pixels > FREE_KERNEL_SWITCH * max(free.held_out, MISFIT_FLOOR):
+        return psf
+    log.info("The blur is not a %s kernel: its fit leaves %.3g of the variance where a free-form kernel of radius "
+             "%d leaves %.3g on held-out pixels; the consistency step uses the free-form kernel.", psf.family,
+             same_pixels, free.radius, free.held_out)
+    candidates = [PSFEstimate("free", free.equivalent_width(), None, boundary, free.residual,
+                              free_residual=free.residual, taps=free.taps, parametric_residual=psf.residual)
+                  for boundary in ("nearest", "zero")]  # the border convention: fitted on every LR pixel's misfit
+    return min(candidates, key=lambda c: parametric_misfit(lr_small, hr_small, R, small_grid, c,
+                                                            np.ones(small_grid.lr_shape, bool)))
 
 
 def blur_model_problem(psf: PSFEstimate) -> str | None:
@@ -642,8 +667,11 @@ def blur_model_problem(psf: PSFEstimate) -> str | None:
     same data, the blur is not of the family (``benchmarks/psf_zoo.py``: HyperBench's radial sinc and Gabor PSFs,
     21-1085 times, where the step cost up to 8.9 dB; its Gaussian, Moffat, Airy, Kolmogorov, Lorentzian, Hermite,
     parabolic and delta blurs 1.6-5.9 times; the real Berlin pair 1.2): the correction would add wrong detail, so
-    the output stays the network's.
+    the output stays the network's. :func:`estimate_psf_central` replaces such a fit by the free-form kernel
+    wherever the data determine its taps, so this refusal is left for blurs the data cannot pin down either.
     """
+    if psf.family == "free":
+        return None  # the free-form kernel is its own floor
     floor = psf.free_residual
     if not math.isfinite(floor) or not math.isfinite(psf.residual):
         return None  # too small a scene to tell: keep the step, as before the check existed
