@@ -5,7 +5,8 @@ one of them, a radial sinc with strong negative side lobes, made the consistency
 families are written here from their formulas (HyperBench's ``degradations/psf.py`` lists them; nothing of its code
 is used), on integer offsets within ``radius`` and normalised to sum 1, and applied to Potsdam Wald cases with
 geolift's own ``make_wald_case``. For each case: the faithful preset, the default preset's network alone, and the
-default as ``SpectraLift.predict`` gives it (the consistency step, or, where the blur-model check refuses it, the
+default as ``SpectraLift.predict`` gives it (the consistency step, with the blur model it chose: the fitted
+Gaussian or, where that cannot explain the data, a free-form kernel; or, where the blur-model check refuses both, the
 network alone). PSNR in dB; the last line says whether any case falls more than 0.1 dB below the faithful preset.
 
     python benchmarks/psf_zoo.py [--steps 800] [--seeds 0] [--sigmas 1 2]
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import read_potsdam_cube
 
 from geolift import evaluate as ev
+from geolift import refine as rf
 from geolift import srf
 from geolift.model import SpectraLift
 
@@ -100,10 +102,14 @@ def main(argv=None) -> int:
                     scores["network"].append(ev.psnr(case.gt, default.predict(case.hr_msi, consistency=False)))
                     scores["default"].append(ev.psnr(case.gt, fused))
                 f, n, d = (float(np.mean(scores[k])) for k in ("faithful", "network", "default"))
+                blur_model = rf.estimate_psf_central(
+                    case.lr_hsi, lambda w, hr=case.hr_msi: hr[:, w.row_off:w.row_off + w.height,
+                                                            w.col_off:w.col_off + w.width],
+                    case.R, rf.GridPair.aligned(case.lr_hsi.shape[1:], ratio)).family
                 worst.append(d - f)
                 label = f"{family} {sigma:g}" if family != "delta" else family
                 print(f"{ratio:>5} {len(bands):>5} {label:<16}{f:>9.2f}{n:>9.2f}{d:>9.2f}{d - f:>+7.2f}  "
-                      f"{'refused (blur model)' if refused else 'applied'}", flush=True)
+                      f"{'refused (blur model)' if refused else f'applied ({blur_model} kernel)'}", flush=True)
     seconds = time.perf_counter() - started
     print(f"\n{len(worst)} cases, {len(args.seeds)} seed(s), {args.steps} steps, {seconds:.0f} s; "
           f"mean default - faithful {np.mean(worst):+.2f} dB, worst {min(worst):+.2f} dB; "
