@@ -65,7 +65,8 @@ Progress = Callable[[int, int, str], None]
 #: than any (blur-mixed) LR pixel, e.g. pure water. With the MSI update, j = 0 / 0.1 / 0.25 gave +1.61 / +1.76 /
 #: +1.80 dB and SAM -12.9 / -14.2 / -15.4 % on benchmarks/broad.py (24 cases, 3 seeds, 2500 steps), and on
 #: HyperBench's zoo (benchmarks/hyperbench_zoo.py) +1.18 / +1.23 / +1.31 dB with its radial sinc case, where the
-#: consistency step is refused and the output is the network's alone, at +0.02 / -0.08 / -0.15 dB: 0.25 is kept.
+#: consistency step was then refused and the output was the network's alone, at +0.02 / -0.08 / -0.15 dB: 0.25 is
+#: kept. (That case now gets the step with a free-form kernel, +1.57 dB: geolift.refine.estimate_psf_central.)
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,
