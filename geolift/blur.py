@@ -541,10 +541,11 @@ def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, gr
     return float("nan") if fit is None else fit.residual
 
 
-def parametric_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair, psf: PSFEstimate,
-                      mask: np.ndarray) -> float:
+def misfit_on_pixels(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair, psf: PSFEstimate,
+                     mask: np.ndarray) -> float:
     """The share of the LR-MSI variance ``psf`` (on its registered grid, with a gain and offset per band) leaves
-    on the LR pixels ``mask``: a parametric fit's misfit where a free-form kernel's was measured."""
+    on the LR pixels ``mask``: a parametric fit's misfit where a free-form kernel's was measured, or a free-form
+    kernel's under each border convention."""
     z = np.tensordot(np.asarray(R, np.float64), np.asarray(lr_hsi, np.float64), axes=1)
     dbm = degrade(np.asarray(hr_msi, np.float64), psf.registered(grid), psf)
     usable = mask & np.all(np.isfinite(dbm), axis=0) & np.all(np.isfinite(z), axis=0)

@@ -39,7 +39,7 @@ from geolift.blur import (
     estimate_psf,
     find_shift,
     fit_free_kernel,
-    parametric_misfit,
+    misfit_on_pixels,
     refit_width,
 )
 from geolift.errors import ModelError
@@ -647,7 +647,7 @@ def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridP
     if free is None:
         return psf
     psf = dataclasses.replace(psf, free_residual=free.residual)
-    same_pixels = parametric_misfit(lr_small, hr_small, R, small_grid, psf, free.mask)
+    same_pixels = misfit_on_pixels(lr_small, hr_small, R, small_grid, psf, free.mask)
     if not same_pixels > FREE_KERNEL_SWITCH * max(free.held_out, MISFIT_FLOOR):
         return psf
     log.info("The blur is not a %s kernel: its fit leaves %.3g of the variance where a free-form kernel of radius "
@@ -656,8 +656,8 @@ def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridP
     candidates = [PSFEstimate("free", free.equivalent_width(), None, boundary, free.residual,
                               free_residual=free.residual, taps=free.taps, parametric_residual=psf.residual)
                   for boundary in ("nearest", "zero")]  # the border convention: fitted on every LR pixel's misfit
-    return min(candidates, key=lambda c: parametric_misfit(lr_small, hr_small, R, small_grid, c,
-                                                            np.ones(small_grid.lr_shape, bool)))
+    every_pixel = np.ones(small_grid.lr_shape, bool)
+    return min(candidates, key=lambda c: misfit_on_pixels(lr_small, hr_small, R, small_grid, c, every_pixel))
 
 
 def blur_model_problem(psf: PSFEstimate) -> str | None:
