@@ -455,6 +455,7 @@ def test_under_a_sinc_blur_the_free_kernel_carries_the_step_above_the_faithful_n
 
 
 def test_geolift_fuse_uses_the_free_kernel_and_reports_both_misfits(blur_cases, tmp_path):
+    import rasterio
     from helpers import read_potsdam_cube, run_fuse, write_tif
 
     _, wavelengths, fwhm, crs, transform = read_potsdam_cube()
@@ -463,12 +464,18 @@ def test_geolift_fuse_uses_the_free_kernel_and_reports_both_misfits(blur_cases, 
                     transform=transform @ Affine.scale(4), wavelengths=wavelengths, fwhm=fwhm)
     msi = write_tif(tmp_path / "msi.tif", case.hr_msi.astype(np.float32), crs=crs, transform=transform,
                     descriptions=["B2", "B3", "B4", "B8"])
-    result, _, report = run_fuse([hsi, msi, "--sensor", "sentinel2"], tmp_path, "sinc", steps=100)
+    result, out, report = run_fuse([hsi, msi, "--sensor", "sentinel2", "--dtype", "float32"], tmp_path, "sinc",
+                                   steps=100)
     assert result.exit_code == 0, result.output
     assert report["refined"] and report["psf"]["family"] == "free"
     assert report["psf"]["parametric_misfit"] > 100 * report["psf"]["free_kernel_misfit"]
     assert report["psf"]["radius_px"] == 8  # 2 x the ratio
     assert "Consistency step skipped" not in result.output
+    with rasterio.open(out) as ds:  # one quality for every entry point, with the free-form kernel too
+        written = ds.read()
+    library = SpectraLift(steps=100, seed=0).fit(case.lr_hsi.astype(np.float32), case.R).predict(
+        case.hr_msi.astype(np.float32))
+    np.testing.assert_array_equal(library, written)
 
 
 # ---------------------------------------------------------------------------------------- free-form kernels
