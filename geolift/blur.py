@@ -533,30 +533,22 @@ def fit_free_kernel(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid:
                          held_out / total, keep)
 
 
-def free_kernel_misfit(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair,
-                       max_radius: int, min_radius: int = 1) -> float:
-    """The misfit a free-form blur kernel reaches on the same data (:func:`fit_free_kernel`): the floor a
-    parametric fit far above means the blur is not of its family. NaN when the scene is too small to tell."""
-    fit = fit_free_kernel(lr_hsi, hr_msi, R, grid, max_radius, min_radius)
-    return float("nan") if fit is None else fit.residual
-
-
 def misfit_on_pixels(lr_hsi: np.ndarray, hr_msi: np.ndarray, R: np.ndarray, grid: GridPair, psf: PSFEstimate,
-                     mask: np.ndarray) -> float:
+                     mask: np.ndarray | None = None) -> float:
     """The share of the LR-MSI variance ``psf`` (on its registered grid, with a gain and offset per band) leaves
-    on the LR pixels ``mask``: a parametric fit's misfit where a free-form kernel's was measured, or a free-form
-    kernel's under each border convention."""
+    on the LR pixels whose footprint the HR grid covers, within ``mask`` when given: a parametric fit's misfit where
+    a free-form kernel's was measured, or a free-form kernel's under each border convention."""
     z = np.tensordot(np.asarray(R, np.float64), np.asarray(lr_hsi, np.float64), axes=1)
-    dbm = degrade(np.asarray(hr_msi, np.float64), psf.registered(grid), psf)
-    usable = mask & np.all(np.isfinite(dbm), axis=0) & np.all(np.isfinite(z), axis=0)
-    return _fit_misfit(z, dbm, usable)[0] if usable.sum() >= 4 else float("nan")
+    return _psf_misfit(z, np.asarray(hr_msi, np.float64), psf.registered(grid), psf, mask)[0]
 
 
-def _psf_misfit(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate):
+def _psf_misfit(z: np.ndarray, hr_msi: np.ndarray, grid: GridPair, psf: PSFEstimate, within: np.ndarray | None = None):
     op = _BlurAggregate.for_psf(grid, psf)  # once per evaluation: its counts serve the mask
     dbm = _degrade_with(op, hr_msi)
     full = op.counts >= 0.999 / (grid.scale_y * grid.scale_x)  # LR pixels whose whole footprint is on the HR grid
     mask = full & np.all(np.isfinite(z), axis=0) & np.all(np.isfinite(dbm), axis=0)
+    if within is not None:
+        mask &= within
     if mask.sum() < 4:
         return float("inf"), None, None
     return _fit_misfit(z, dbm, mask)

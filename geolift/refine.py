@@ -648,16 +648,15 @@ def estimate_psf_central(lr_hsi: np.ndarray, read_hr, R: np.ndarray, grid: GridP
         return psf
     psf = dataclasses.replace(psf, free_residual=free.residual)
     same_pixels = misfit_on_pixels(lr_small, hr_small, R, small_grid, psf, free.mask)
-    if not same_pixels > FREE_KERNEL_SWITCH * max(free.held_out, MISFIT_FLOOR):
+    if not (math.isfinite(same_pixels) and same_pixels > FREE_KERNEL_SWITCH * max(free.held_out, MISFIT_FLOOR)):
         return psf
     log.info("The blur is not a %s kernel: its fit leaves %.3g of the variance where a free-form kernel of radius "
              "%d leaves %.3g on held-out pixels; the consistency step uses the free-form kernel.", psf.family,
              same_pixels, free.radius, free.held_out)
     candidates = [PSFEstimate("free", free.equivalent_width(), None, boundary, free.residual,
                               free_residual=free.residual, taps=free.taps, parametric_residual=psf.residual)
-                  for boundary in ("nearest", "zero")]  # the border convention: fitted on every LR pixel's misfit
-    every_pixel = np.ones(small_grid.lr_shape, bool)
-    return min(candidates, key=lambda c: misfit_on_pixels(lr_small, hr_small, R, small_grid, c, every_pixel))
+                  for boundary in ("nearest", "zero")]  # the border convention: as estimate_psf chooses it
+    return min(candidates, key=lambda c: misfit_on_pixels(lr_small, hr_small, R, small_grid, c))
 
 
 def blur_model_problem(psf: PSFEstimate) -> str | None:
