@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -65,6 +66,7 @@ from geolift.errors import (
     InconsistentPairError,
     InputError,
     ModelError,
+    OutputError,
     warn,
 )
 from geolift.grid import Grid
@@ -72,6 +74,7 @@ from geolift.io import Encoding, HSIWriter, OutputBands, Scene, check_output_pat
 from geolift.io.products.common import product_identity
 from geolift.model import DEFAULT_PRESET, SpectraLift, torch_threads
 from geolift.pipeline import pipelined
+from geolift.scratch import NetworkScratch
 
 log = logging.getLogger("geolift")
 
@@ -111,6 +114,8 @@ class FuseOptions:
     torch_threads: int | None = None  # torch threads for training and inference; None: leave torch's setting
     overwrite: bool = False
     strict: bool = False  # refuse an inconsistent pair (geolift.checks) instead of warning
+    scratch: str = "auto"  # where fuse_files keeps pass 1's network output for pass 2: "auto" (beside the output),
+    # a folder, or "none" (predict twice); see geolift.scratch
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -161,6 +166,7 @@ class FuseReport:
     refine_seconds: float = 0.0  # PSF fit + pass 1 (one extra prediction of every window) + LR solve
     predict_seconds: float = 0.0  # reading the MSI and network inference while writing (worker thread)
     correction_seconds: float = 0.0  # adding the correction to each window while writing (worker thread)
+    scratch_bytes: int = 0  # pass 1's network output kept on disk and read by pass 2 (0: pass 2 predicted again)
     encode_write_seconds: float = 0.0  # encoding, compressing and writing blocks (main thread)
     cog_seconds: float = 0.0  # --cog: GDAL's COG driver copying the finished file (not in the file's own report)
     options: dict[str, Any] = field(default_factory=dict)
@@ -204,6 +210,10 @@ class FusionPlan:
     options: FuseOptions
     correction: rf.Correction | None = None  # the consistency step's LR correction (None: not applied)
     novelty: qa.NoveltyIndex | None = None  # what the network was trained on, for the QA layer's novelty
+    scratch: NetworkScratch | None = None  # pass 1's network output on disk (fuse_files only; never pickled)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"scratch": None}  # a temporary file of this process's: other processes predict
 
     @property
     def grid(self) -> Grid:
@@ -242,7 +252,9 @@ class FusionPlan:
         """
         window = _int_window(window)
         msi_block, covered = self._model_input(window)
-        fused_good = self.model.predict(msi_block, consistency=False)  # the correction is added below
+        fused_good = self.scratch.get(window) if self.scratch is not None else None  # pass 1's, the same bits
+        if fused_good is None:
+            fused_good = self.model.predict(msi_block, consistency=False)  # the correction is added below
         correction_rms = None
         if qa and self.correction is not None:
             correction_rms = np.full((window.height, window.width), np.nan, np.float32)
@@ -472,8 +484,11 @@ def prepare_fusion(
     msi_source: PathLike | Sequence[PathLike],
     options: FuseOptions | None = None,
     progress: Progress | None = None,
+    scratch_dir: PathLike | None = None,
 ) -> FusionPlan:
-    """Read both scenes, build the response, co-register, and fit the model."""
+    """Read both scenes, build the response, co-register, and fit the model; with the consistency step, run its
+    pass 1 and, given ``scratch_dir``, keep the network's output there for pass 2 (:mod:`geolift.scratch`; the
+    caller closes ``plan.scratch``)."""
     options = options or FuseOptions()
     # Built first: a preset, step count or device it refuses (CUDA asked for on a CPU-only machine) stops the run
     # before any scene is read.
@@ -507,11 +522,36 @@ def prepare_fusion(
         with torch_threads(options.torch_threads):
             observation = observe_low_res(plan, lr_hsi)
             del lr_hsi  # from here on its coefficient maps stand for it (a full EnMAP scene: 0.8 GB -> 160 MB)
+            if observation is not None and scratch_dir is not None:
+                plan.scratch = _network_scratch(plan, Path(scratch_dir))
             if observation is not None:
                 plan.correction = consistency_correction(plan, observation, progress)
     else:
         report.refine_note = f"the {model.preset} preset does not include the consistency step"
     return plan
+
+
+#: The smallest output tile pass 2 reads from the scratch: it reads whole strips of pass 1's 512-px windows, so a
+#: smaller tile would read more than twice its data (a multiple of the strip height keeps the rows exact).
+MIN_SCRATCH_TILE = 256
+
+
+def _network_scratch(plan: FusionPlan, folder: Path) -> NetworkScratch | None:
+    """A scratch for pass 1's network output on the output grid, if the disk has room for it and the output, and
+    the output's tiles are large enough to read it back whole (:data:`MIN_SCRATCH_TILE`)."""
+    tile = plan.options.tile_size
+    if tile < MIN_SCRATCH_TILE or tile % REFINE_STRIP_ROWS:
+        log.info("Output tiles of %d px: pass 2 predicts the network's output again (the scratch needs tiles of "
+                 "%d px or more, multiples of %d).", tile, MIN_SCRATCH_TILE, REFINE_STRIP_ROWS)
+        return None
+    bands, (height, width) = int(plan.hsi.good_bands.sum()), (plan.grid.height, plan.grid.width)
+    output_bytes = plan.hsi.count * height * width * np.dtype(output_encoding(plan.hsi, plan.options).dtype).itemsize
+    scratch = NetworkScratch.create(folder, bands, height, width, REFINE_WINDOW, REFINE_STRIP_ROWS, output_bytes)
+    if scratch is not None:
+        plan.report.scratch_bytes = scratch.nbytes
+        log.info("Pass 1 keeps the network's output for pass 2 in %s (%.1f GB, deleted at the end).", folder,
+                 scratch.nbytes / 1e9)
+    return scratch
 
 
 @dataclass
@@ -577,11 +617,16 @@ def consistency_correction(plan: FusionPlan, observation: LowResObservation, pro
     windows = list(plan.grid.block_windows(REFINE_WINDOW))
 
     def network_maps(window: Window) -> np.ndarray:
-        """The window's network output reduced to the basis coefficients, strip by strip (small in memory)."""
+        """The window's network output reduced to the basis coefficients, strip by strip (small in memory); each
+        strip also kept in the plan's scratch, when it has one, for pass 2."""
         msi_block = plan.model_input(window)
-        return np.concatenate([accumulator.reduce(plan.model.predict(msi_block[:, a:a + REFINE_STRIP_ROWS],
-                                                                     consistency=False))
-                               for a in range(0, msi_block.shape[1], REFINE_STRIP_ROWS)], axis=1)
+        maps = []
+        for a in range(0, msi_block.shape[1], REFINE_STRIP_ROWS):
+            strip = plan.model.predict(msi_block[:, a:a + REFINE_STRIP_ROWS], consistency=False)
+            if plan.scratch is not None:
+                plan.scratch.put(strip, int(window.row_off) + a, int(window.col_off))
+            maps.append(accumulator.reduce(strip))
+        return np.concatenate(maps, axis=1)
 
     for i, (window, maps) in enumerate(pipelined(network_maps, windows, workers=prediction_workers(plan.options))):
         accumulator.add_maps(maps, int(window.row_off), int(window.col_off))
@@ -769,6 +814,8 @@ def write_fusion(
             report.srf_consistency_rmse = math.sqrt(stats["sq_error"] / stats["sq_count"])
             report.srf_consistency_relative = report.srf_consistency_rmse / (stats["msi_sum"] / stats["sq_count"])
         report.write_seconds = time.perf_counter() - started
+        if plan.scratch is not None and plan.scratch.failed:
+            report.scratch_bytes = 0
         writer.update_tags(geolift_report=_json(report.to_dict()),
                            geolift_consistency=_json({"refined": report.refined, "note": report.refine_note,
                                                       "psf": report.psf}))
@@ -803,8 +850,24 @@ def fuse_files(
     check_output_path(output, overwrite=options.overwrite, inputs=inputs)
     if qa is not None:
         check_output_path(qa, overwrite=options.overwrite, inputs=[*inputs, output])
-    plan = prepare_fusion(hsi_source, msi_source, options, progress)
-    return write_fusion(plan, output, progress, inputs=inputs, qa_path=qa)
+    with ExitStack() as stack:
+        folder = _scratch_folder(options.scratch, output)
+        scratch_dir = None if folder is None else stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=".geolift-scratch-", dir=folder))
+        plan = prepare_fusion(hsi_source, msi_source, options, progress, scratch_dir=scratch_dir)
+        if plan.scratch is not None:
+            stack.callback(plan.scratch.close)  # before the folder goes (last in, first out)
+        return write_fusion(plan, output, progress, inputs=inputs, qa_path=qa)
+
+
+def _scratch_folder(choice: str, output: Path) -> Path | None:
+    """Where ``FuseOptions.scratch`` puts pass 1's scratch: beside the output (``auto``), a folder, or None."""
+    if choice == "none":
+        return None
+    folder = output.absolute().parent if choice == "auto" else Path(choice).expanduser()
+    if not folder.is_dir():
+        raise OutputError(f"The scratch folder {folder} does not exist.")
+    return folder
 
 
 def _as_list(source: PathLike | Sequence[PathLike]) -> list[PathLike]:

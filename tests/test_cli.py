@@ -172,6 +172,12 @@ def _report_folder_missing(tmp, wald, write):
                    5, ("report", "nowhere"), output=out)
 
 
+def _scratch_folder_missing(tmp, wald, write):
+    out = tmp / "fused.tif"
+    return BadCase([wald.hsi, wald.msi, "--sensor", "sentinel2", "-o", out, "--scratch", tmp / "no_scratch_here"],
+                   5, ("scratch", "no_scratch_here"), output=out)
+
+
 BAD_INPUTS = {
     "missing file": (_missing_file, True),
     "not a raster": (_not_a_raster, True),
@@ -189,6 +195,7 @@ BAD_INPUTS = {
     "unknown preset": (_unknown_preset, False),
     "MSI bands without names": (_unnamed_bands, False),
     "report folder missing": (_report_folder_missing, False),
+    "scratch folder missing": (_scratch_folder_missing, False),
 }
 
 

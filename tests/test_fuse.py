@@ -271,19 +271,52 @@ def test_enmap_l2a_with_unsorted_wavelengths_and_bad_bands(write_raster, tmp_pat
     assert evaluate.psnr(truth, fused_lr, data_range=10000.0) > 30.0
 
 
+@pytest.mark.slow
+@pytest.mark.reproducible
+def test_pass_two_reads_pass_one_network_output_from_the_scratch_bit_for_bit(berlin, tmp_path, leftovers):
+    # The default preset predicts every pixel in pass 1; with the scratch, pass 2 reads those predictions instead
+    # of predicting again. The output must be the same bits as without it, also with tiles that straddle pass 1's
+    # 512-px windows (384 px), and nothing may be left beside the output.
+    options = FuseOptions(steps=BERLIN_STEPS, seed=0, dtype="float32")
+    runs = {"none": replace(options, scratch="none"), "auto": options, "straddling": replace(options, tile_size=384),
+            "own folder": replace(options, scratch=str(tmp_path))}
+    reports, data = {}, {}
+    for name, opts in runs.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        reports[name] = fuse_files(berlin.hsi_tif, berlin.msi_tif, folder / "fused.tif", opts)
+        with rasterio.open(folder / "fused.tif") as ds:
+            data[name] = ds.read()
+        assert leftovers(folder) == []
+    assert leftovers(tmp_path) == []
+    assert reports["none"].scratch_bytes == 0
+    for name in ("auto", "straddling", "own folder"):
+        assert reports[name].refined
+        assert reports[name].scratch_bytes == 177 * 660 * 494 * 4
+        np.testing.assert_array_equal(data[name], data["none"])
+
+
+def test_small_tiles_predict_again_instead_of_reading_the_scratch(wald, tmp_path):
+    # A 16-px tile would read whole 64-row strips of 512-px windows: far more than it needs.
+    report = fuse_files(wald.hsi, wald.msi, tmp_path / "fused.tif",
+                        FuseOptions(sensor="sentinel2", steps=20, tile_size=16))
+    assert report.refined and report.scratch_bytes == 0
+
+
 def test_failed_write_leaves_no_output_and_no_temporary_file(wald, tmp_path, leftovers):
     out = tmp_path / "fused.tif"
 
     def interrupt_while_writing(done, total, stage):
         # the write stage's second half is the GeoTIFF being written (the first is the consistency step's pass 1)
-        if stage == "write" and done == total // 2 + 2:
+        if stage == "write" and done == min(total, total // 2 + 2):  # one 256-px tile: after it, before closing
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        fuse_files(wald.hsi, wald.msi, out, FuseOptions(sensor="sentinel2", steps=20, tile_size=16),
-                   progress=interrupt_while_writing)
-    assert not out.exists()
-    assert leftovers(tmp_path) == []
+    for tile in (16, 256):  # without and with the consistency step's scratch (see the test above)
+        with pytest.raises(KeyboardInterrupt):
+            fuse_files(wald.hsi, wald.msi, out, FuseOptions(sensor="sentinel2", steps=20, tile_size=tile),
+                       progress=interrupt_while_writing)
+        assert not out.exists()
+        assert leftovers(tmp_path) == []
 
 
 # --------------------------------------------------------------------------------------- the QA layer

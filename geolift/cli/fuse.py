@@ -39,6 +39,11 @@ def fuse(
     stac_datetime: Annotated[Optional[str], typer.Option(
         "--stac-datetime", metavar="TIME", help="The acquisition time for the STAC Item when the inputs do not "
         "say it (ISO 8601: 2009-08-20, 2009-08-20T10:31:00Z, or START/END); it wins over theirs.")] = None,
+    scratch: Annotated[str, typer.Option(
+        "--scratch", metavar="auto|none|FOLDER", help="Where the consistency step keeps the network's output between "
+        "its two passes, so that it predicts every pixel once (float32: 4 bytes x bands x pixels, deleted at the "
+        "end): auto, a hidden folder beside the output when the disk has room for it; a folder; or none, predict "
+        "twice.")] = "auto",
     *,
     pair: PairChoices,
     output_choices: OutputChoices,
@@ -58,7 +63,7 @@ def fuse(
         if report is not None and not report.expanduser().absolute().parent.is_dir():
             raise OutputError(f"The folder of the report {report} does not exist.")
         options = pair.fuse_options(output_choices, overwrite=overwrite, num_threads=threads or usable_cores(),
-                                      torch_threads=threads or 1)
+                                      torch_threads=threads or 1, scratch=scratch)
         msi_source = msi[0] if len(msi) == 1 else list(msi)
         if stac_datetime is not None and stac is None:
             raise InputError("--stac-datetime sets the time in the STAC Item; add --stac ITEM.json.")
