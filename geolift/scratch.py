@@ -54,7 +54,7 @@ class NetworkScratch:
             raise ValueError(f"the window ({window} px) must be a whole number of strips ({strip_rows} rows)")
         self._lock = threading.Lock()
         self._written: set[tuple[int, int]] = set()  # (row, col) of each strip's first pixel
-        self._file = open(self.path, "w+b", buffering=0)  # noqa: SIM115 - closed by close(), the owner's context
+        self._file = open(self.path, "w+b", buffering=0)  # closed by close(), in the owner's context
         self.failed = False
 
     @classmethod
