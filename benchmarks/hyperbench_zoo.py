@@ -185,8 +185,8 @@ class GeoliftFusion:
     consistency step was applied or refused by its blur-model check) that HyperBench writes into its CSV row.
     """
 
-    def __init__(self, preset: str | None, seed: int, steps: int):
-        self.preset, self.seed, self.steps = preset, seed, steps
+    def __init__(self, preset: str | None, seed: int, steps: int, members: int = 1):
+        self.preset, self.seed, self.steps, self.members = preset, seed, steps, members
 
     def __call__(self, lr_hsi, hr_msi, srf=None, psf=None, metadata=None):
         import warnings
@@ -196,16 +196,21 @@ class GeoliftFusion:
         from geolift import SpectraLift
 
         ratio = int(metadata["downsample_ratio"])
-        model = SpectraLift(preset=self.preset, seed=self.seed, steps=self.steps, num_threads=1)
-        model.fit(np.ascontiguousarray(lr_hsi.transpose(2, 0, 1)), np.asarray(srf, dtype=np.float64))
+        fits, seconds = [], 0.0
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fused = model.predict(np.ascontiguousarray(hr_msi.transpose(2, 0, 1)), ratio=ratio)
+            for member in range(self.members):  # --ensemble: the average of independent fits (a probe)
+                model = SpectraLift(preset=self.preset, seed=self.seed + 1000 * member, steps=self.steps,
+                                    num_threads=1)
+                model.fit(np.ascontiguousarray(lr_hsi.transpose(2, 0, 1)), np.asarray(srf, dtype=np.float64))
+                fits.append(model.predict(np.ascontiguousarray(hr_msi.transpose(2, 0, 1)), ratio=ratio))
+                seconds += model.fit_seconds
+        fused = fits[0] if len(fits) == 1 else np.mean(fits, axis=0, dtype=np.float64).astype(np.float32)
         if not model.consistency:
             step = "none"
         else:
             step = "refused" if any(REFUSED in str(w.message) for w in caught) else "applied"
-        return fused.transpose(1, 2, 0), {"geolift_fit_seconds": model.fit_seconds, "consistency_step": step}
+        return fused.transpose(1, 2, 0), {"geolift_fit_seconds": seconds, "consistency_step": step}
 
 
 def run_unit(unit: dict) -> list[dict]:
@@ -233,7 +238,8 @@ def run_unit(unit: dict) -> list[dict]:
         seed=unit["hb_seed"], user_srf=user_srf,
         output_csv_path=str(Path(unit["run_dir"]) / f"{name}.csv"),
     )
-    adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], unit["steps"]),
+    members = unit["ensemble"] if unit["label"] == "default" else 1
+    adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], unit["steps"], members),
                                  name=f"geolift-{unit['label']}")
     results = hb.run_benchmark(adapter, config, log_level=logging.WARNING)
     return [dict(row, preset=unit["label"], geolift_seed=unit["seed"]) for row in results.rows]
@@ -308,13 +314,15 @@ def worker_main(args: argparse.Namespace) -> int:
     units = [dict(label=label, seed=seed, bands=bands, families=families, ratios=args.ratios, sigma=args.sigma,
                   radius=args.radius, snr=args.snr, spectral_snr=args.spectral_snr, hb_seed=args.hb_seed,
                   steps=args.steps, srf=args.srf, scene=str(scene), run_dir=str(run_dir),
-                  wavelengths=wavelengths.tolist(), fwhm=fwhm.tolist())
+                  wavelengths=wavelengths.tolist(), fwhm=fwhm.tolist(), ensemble=args.ensemble)
              for bands in args.bands for seed in args.seeds for label in PRESETS]
     n_cases = len(families) * len(args.ratios) * len(args.bands)
     print(f"HyperBench cases: {n_cases} ({len(families)} PSF families {', '.join(families)}; sigma {args.sigma:g} HR "
           f"px, kernel {2 * args.radius + 1} x {2 * args.radius + 1}; ratios {args.ratios}; MSI bands {args.bands}, "
           f"SRF {args.srf}; SNR {args.snr:g} dB spatial, {args.spectral_snr:g} dB spectral, noise seed "
-          f"{args.hb_seed}); geolift seeds {args.seeds}, {args.steps} steps; {len(units)} HyperBench runs on "
+          f"{args.hb_seed}); geolift seeds {args.seeds}, {args.steps} steps"
+          f"{f', default = average of {args.ensemble} fits' if args.ensemble > 1 else ''}; {len(units)} HyperBench "
+          f"runs on "
           f"{args.jobs} process(es); output in {run_dir}", flush=True)
 
     rows: list[dict] = []
@@ -353,6 +361,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hb-seed", type=int, default=42, help="HyperBench's noise seed (its default)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="where the HyperBench venv lives")
     parser.add_argument("--out", type=Path, default=None, help="folder for the scene and HyperBench's CSVs")
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="a probe: the default preset's output as the average of this many fits (seeds s, "
+                             "s + 1000, ...); the faithful preset stays one fit")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.seeds is None:

@@ -8,14 +8,16 @@ One run prints, with the machine described:
    process: fit seconds and peak RSS (1 torch thread by default; ``--threads 1 2`` adds 2). Target: <= 60 s.
 2. **Inference + writing at scale**: ``geolift fuse`` on fuse_scale.py's synthetic scene (LR-HSI 100 x 100 px x 200
    bands, HR-MSI 4000 x 4000 px, Sentinel-2 B2,B3,B4,B8), output int16, DEFLATE, 512-px tiles, in a child process
-   (peak RSS from ``os.wait4``), once with ``--preset spectralift`` (one pass) and once with the default preset (two
-   prediction passes and the consistency correction; ``--default-size`` runs it at another size, the ratio is then
+   (peak RSS from ``os.wait4``), once with ``--preset spectralift`` (one pass) and twice with the default preset (the
+   consistency step's two passes: pass 2 reading pass 1's network output from ``--scratch``, then with
+   ``--scratch none``, predicting again; ``--default-size`` runs it at another size, the ratio is then
    taken in pixels per second, which the 4000 vs 1000 runs of fuse_scale.py showed to be size-free).
    Training is cut to ``--steps`` here (it is measured in part 1; this part is about the streamed work). Then the
    **reference**: the same raster written with the same creation options from precomputed data (geolift's own
    output, read back tile by tile; only ``HSIWriter.write_block`` and the final close are timed), with DEFLATE and
    without compression (the difference is the compression's share).
-   Target: reference time / geolift's (inference + write) time >= 0.5; peak RSS <= 2 GB.
+   Target: reference time / geolift's (inference + write) time >= 0.5 (>= 0.6 for the default preset,
+   issue 16); peak RSS <= 2 GB.
 3. **A full EnMAP-size scene + Sentinel-2, end to end**: LR-HSI 1000 x 1000 x 200, HR-MSI 3000 x 3000 x 4 (same
    generator), ``geolift fuse`` with the default preset and schedule: wall time by stage and peak RSS, now with a
    full-size LR grid too (``--skip-full-scene`` leaves it out).
@@ -57,12 +59,13 @@ def child(cmd: list[str]) -> tuple[float, float, str]:
     return time.perf_counter() - started, usage.ru_maxrss / 1024.0, out
 
 
-def fuse(hsi: Path, msi: Path, out: Path, steps: int | None, preset: str | None) -> dict:
+def fuse(hsi: Path, msi: Path, out: Path, steps: int | None, preset: str | None, scratch: str = "auto") -> dict:
     """``geolift fuse`` in a child process (``steps`` None: the preset's schedule); its report, wall, peak RSS."""
     report = out.with_suffix(".json")
     cmd = [sys.executable, "-m", "geolift", "fuse", str(hsi), str(msi), "--sensor", "sentinel2a", "--bands",
            ",".join(MSI_BANDS), *(["--steps", str(steps)] if steps else []), "--seed", "0", "-o", str(out),
-           "--overwrite", "--progress", "none", "--report", str(report), *(["--preset", preset] if preset else [])]
+           "--overwrite", "--progress", "none", "--report", str(report), "--scratch", scratch,
+           *(["--preset", preset] if preset else [])]
     wall, peak, _ = child(cmd)
     data = json.loads(report.read_text())
     data.update(wall=wall, peak_mb=peak, size_gb=out.stat().st_size / 1e9)
@@ -159,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(scenes made in {made:.0f} s); geolift fuse --steps {args.steps}, default --threads "
               f"(torch 1, GDAL {len(os.sched_getaffinity(0))})")
         runs = {}
-        for name, preset, size in (("spectralift", "spectralift", args.size),
-                                   ("default (geolift)", None, args.default_size)):
-            out = folder / f"fused_{preset or 'default'}.tif"
-            r = fuse(hsi, msis[size], out, args.steps, preset)
+        for name, preset, size, scratch in (("spectralift", "spectralift", args.size, "auto"),
+                                            ("default (geolift)", None, args.default_size, "auto"),
+                                            ("default, --scratch none", None, args.default_size, "none")):
+            out = folder / f"fused_{preset or 'default'}_{scratch}.tif"
+            r = fuse(hsi, msis[size], out, args.steps, preset, scratch)
             runs[name] = (r, out, size)
         fused = runs["spectralift"][1]
         pixels = args.size * args.size
@@ -176,12 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, (r, out, size) in runs.items():
             streamed = r["refine_seconds"] + r["write_seconds"]
             ratio = (size * size / streamed) / (pixels / ref["seconds"])  # = reference time / geolift time
+            target = 0.6 if name.startswith("default") else 0.5  # issue 16 asks the default preset for 0.6
             print(f"   {name}, {size} x {size}: inference + write {streamed:.1f} s "
                   f"({size * size / streamed:,.0f} px/s; consistency pass 1 "
                   f"{r['refine_seconds']:.1f} s, pass 2 with writing {r['write_seconds']:.1f} s); ratio "
-                  f"reference/geolift = {ratio:.2f} (target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'}); "
+                  f"reference/geolift = {ratio:.2f} (target >= {target}: {'met' if ratio >= target else 'NOT met'}); "
                   f"peak RSS {r['peak_mb']:.0f} MB (target <= 2048: {'met' if r['peak_mb'] <= 2048 else 'NOT met'}); "
-                  f"training {r['train_seconds']:.1f} s; output {r['size_gb']:.2f} GB", flush=True)
+                  f"training {r['train_seconds']:.1f} s; output {r['size_gb']:.2f} GB; pass 1's output kept for "
+                  f"pass 2: {r['scratch_bytes'] / 1e9:.1f} GB", flush=True)
             print(f"      worker thread: reading MSI + network {r['predict_seconds']:.1f} s, correction "
                   f"{r['correction_seconds']:.1f} s; main thread: encode + compress + write "
                   f"{r['encode_write_seconds']:.1f} s; shares of the single-pass work (inference : compression : "

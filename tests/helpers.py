@@ -6,7 +6,9 @@ EnMAP cube, :data:`BerlinPair` names the bundled Berlin pair.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,3 +174,20 @@ def run_cli(args: Sequence) -> CliRun:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # an unexpected exception is a bug: show it
     return CliRun(result.exit_code, result.stdout, result.stderr)
+
+
+@contextlib.contextmanager
+def geolift_log():
+    """The geolift logger's messages (a CLI test before may have stopped it propagating to caplog)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("geolift")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -5,12 +5,10 @@ HTTP from this machine, and fused end to end without --sensor or --bands."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import io
 import json
-import logging
 import threading
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import read_potsdam_cube, run_fuse, write_tif
+from helpers import geolift_log, read_potsdam_cube, run_fuse, write_tif
 
 from geolift import evaluate, srf
 from geolift.errors import InputError, MetadataError, SensorError
@@ -37,23 +35,6 @@ SCL_CLASSES = [((slice(4, 6), slice(10, 12)), 9), ((6, 14), 8), ((8, 3), 3), ((1
 EO_V1, RASTER_V1 = "https://stac-extensions.github.io/eo/v1.1.0/schema.json", \
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
-
-
-@contextlib.contextmanager
-def geolift_log():
-    """The geolift logger's messages (a CLI test before may have stopped it propagating to caplog)."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("geolift")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _dn(reflectance: np.ndarray, scale: float, offset: float) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import geolift_log
 from rasterio.windows import Window
 
 from geolift.grid import block_windows
@@ -83,21 +84,22 @@ def test_a_block_that_is_not_one_of_pass_ones_strips_is_refused(scratch, cube):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device whose writes fail (ENOSPC)")
-def test_a_failed_write_drops_the_scratch_and_the_caller_predicts(cube, caplog):
+def test_a_failed_write_drops_the_scratch_and_the_caller_predicts(cube):
     store = NetworkScratch(Path("/dev/full"), BANDS, HEIGHT, WIDTH, WINDOW, STRIP)
-    with caplog.at_level(logging.WARNING, logger="geolift.scratch"):
+    with geolift_log() as records:
         store.put(cube[:, :8, :32].copy(), 0, 0)
     assert store.failed
-    assert "pass 2 predicts" in caplog.text and "/dev/full" in caplog.text
+    said = " ".join(r.getMessage() for r in records if r.levelno == logging.WARNING)
+    assert "pass 2 predicts" in said and "/dev/full" in said and "No space left" in said
     assert store.get(Window(0, 0, 8, 8)) is None
     store.close()
     assert Path("/dev/full").exists()  # closing deletes regular files only
 
 
-def test_no_scratch_where_the_disk_lacks_room_for_it_and_the_output(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="geolift.scratch"):
+def test_no_scratch_where_the_disk_lacks_room_for_it_and_the_output(tmp_path):
+    with geolift_log() as records:
         assert NetworkScratch.create(tmp_path, BANDS, HEIGHT, WIDTH, WINDOW, STRIP, output_bytes=1 << 62) is None
-    assert "runs again in pass 2" in caplog.text
+    assert any("runs again in pass 2" in r.getMessage() for r in records)
     assert list(tmp_path.iterdir()) == []
     store = NetworkScratch.create(tmp_path, BANDS, HEIGHT, WIDTH, WINDOW, STRIP, output_bytes=0)
     assert store is not None
