@@ -82,19 +82,15 @@ class NetworkScratch:
     def _window_shape(self, row_off: int, col_off: int) -> tuple[int, int]:
         return min(self.window, self.height - row_off), min(self.window, self.width - col_off)
 
-    def _offset(self, row: int, col_off: int) -> int:
-        """Byte offset of the strip starting at output row ``row`` in the pass-1 window at column ``col_off``:
-        window rows before it cover the full width, windows before it in its row their own columns, strips
-        before it in its window the window's columns."""
+    def _strip(self, row: int, col_off: int) -> tuple[int, tuple[int, int, int]]:
+        """Byte offset and shape of the strip starting at output row ``row`` in the pass-1 window at column
+        ``col_off``: window rows before it cover the full width, windows before it in its row their own columns,
+        strips before it in its window the window's columns."""
         window_row = row - row % self.window
         window_rows, window_cols = self._window_shape(window_row, col_off)
         pixels = window_row * self.width + col_off * window_rows + (row - window_row) * window_cols
-        return pixels * self.bands * _ITEM
-
-    def _strip_shape(self, row: int, col_off: int) -> tuple[int, int, int]:
-        window_row = row - row % self.window
-        window_rows, window_cols = self._window_shape(window_row, col_off)
-        return self.bands, min(self.strip_rows, window_row + window_rows - row), window_cols
+        return pixels * self.bands * _ITEM, (self.bands, min(self.strip_rows, window_row + window_rows - row),
+                                             window_cols)
 
     # -------------------------------------------------------------------------------------------- access
     def put(self, strip: np.ndarray, row_off: int, col_off: int) -> None:
@@ -102,12 +98,12 @@ class NetworkScratch:
         if self.failed:
             return
         row_off, col_off = int(row_off), int(col_off)
-        if (row_off % self.window) % self.strip_rows or col_off % self.window or \
-                strip.shape != self._strip_shape(row_off, col_off):
+        offset, shape = self._strip(row_off, col_off)
+        if (row_off % self.window) % self.strip_rows or col_off % self.window or strip.shape != shape:
             raise ValueError(f"a {strip.shape} strip at ({row_off}, {col_off}) is not one of pass 1's strips")
         data = memoryview(np.ascontiguousarray(strip, dtype=np.float32)).cast("B")
         try:
-            self._write_at(data, self._offset(row_off, col_off))
+            self._write_at(data, offset)
         except OSError as exc:
             with self._lock:
                 self._fail(f"writing pass 1's output to {self.path} failed ({exc})")
@@ -129,10 +125,10 @@ class NetworkScratch:
                 for row in range(r0 - r0 % self.strip_rows, r1, self.strip_rows):  # strips tile every window
                     if (row, col_off) not in self._written:
                         return None
-                    shape = self._strip_shape(row, col_off)
+                    offset, shape = self._strip(row, col_off)
                     strip = np.empty(shape, dtype=np.float32)
                     try:
-                        read = self._read_at(memoryview(strip).cast("B"), self._offset(row, col_off))
+                        read = self._read_at(memoryview(strip).cast("B"), offset)
                     except OSError as exc:
                         self._fail(f"reading pass 1's output from {self.path} failed ({exc})")
                         return None
