@@ -73,26 +73,35 @@ def fuse(hsi: Path, msi: Path, out: Path, steps: int | None, preset: str | None,
 
 
 def reference_write(fused: Path, out: Path, compress: str, threads: int) -> dict:
-    """Time HSIWriter writing ``fused``'s data (read back beforehand, block by block) with the same options."""
+    """Time HSIWriter writing ``fused``'s data (read back beforehand, block by block) with the same options; also
+    its CPU seconds (every thread of the process, GDAL's compression threads too) over the loop, less the main
+    thread's own CPU in reading the blocks (``time.thread_time`` around each read)."""
     code = f"""
 import json, time, numpy as np, rasterio
 from geolift.grid import Grid
 from geolift.io import Encoding, HSIWriter, OutputBands
 src = rasterio.open({str(fused)!r})
 wl = [float(src.tags(b + 1)["wavelength"]) for b in range(src.count)]
-spent = 0.0
+spent = reading = 0.0
+def read(window):
+    global reading
+    t0 = time.thread_time()
+    block = src.read(window=window, masked=True).astype(np.float32) * src.scales[0] + src.offsets[0]
+    block = block.filled(np.nan)
+    reading += time.thread_time() - t0
+    return block
 encoding = Encoding(dtype="int16", scale=src.scales[0], offset=src.offsets[0], tile=512, compress={compress!r},
                     num_threads={threads})
+cpu0 = time.process_time()
 with HSIWriter({str(out)!r}, Grid.like(src), OutputBands(wl), encoding, overwrite=True) as w:
     for window in w.block_windows():
-        block = src.read(window=window, masked=True).astype(np.float32) * src.scales[0] + src.offsets[0]
-        block = block.filled(np.nan)
+        block = read(window)
         t0 = time.perf_counter()
         w.write_block(block, window)
         spent += time.perf_counter() - t0
     t0 = time.perf_counter()
 spent += time.perf_counter() - t0
-print(json.dumps({{"seconds": spent}}))
+print(json.dumps({{"seconds": spent, "cpu_seconds": time.process_time() - cpu0 - reading}}))
 """
     wall, peak, text = child([sys.executable, "-c", code])
     data = json.loads(text.strip().splitlines()[-1])
@@ -173,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         ref = reference_write(fused, folder / "reference_deflate.tif", "deflate", len(os.sched_getaffinity(0)))
         raw = reference_write(fused, folder / "reference_none.tif", "none", len(os.sched_getaffinity(0)))
         compression = max(ref["seconds"] - raw["seconds"], 0.0)
+        cores = len(os.sched_getaffinity(0))
         print(f"   reference write of the same raster (same creation options, data precomputed): "
-              f"{ref['seconds']:.1f} s ({pixels / ref['seconds']:,.0f} px/s; peak RSS {ref['peak_mb']:.0f} MB); "
+              f"{ref['seconds']:.1f} s ({pixels / ref['seconds']:,.0f} px/s; CPU {ref['cpu_seconds']:.1f} s, "
+              f"{ref['cpu_seconds'] / ref['seconds']:.2f} of {cores} cores busy; peak RSS {ref['peak_mb']:.0f} MB); "
               f"uncompressed {raw['seconds']:.1f} s -> compression {compression:.1f} s, encode + I/O "
               f"{raw['seconds']:.1f} s")
         for name, (r, out, size) in runs.items():
@@ -188,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak RSS {r['peak_mb']:.0f} MB (target <= 2048: {'met' if r['peak_mb'] <= 2048 else 'NOT met'}); "
                   f"training {r['train_seconds']:.1f} s; output {r['size_gb']:.2f} GB; pass 1's output kept for "
                   f"pass 2: {r['scratch_bytes'] / 1e9:.1f} GB", flush=True)
+            cpu = r["refine_cpu_seconds"] + r["write_cpu_seconds"]
+            scale = size * size / pixels  # the reference's figures at this run's size
+            best = cores * ref["seconds"] * scale / cpu  # the ratio if every core were busy all the time
+            spare = cores * ref["seconds"] * scale / target - ref["cpu_seconds"] * scale  # CPU left at the target
+            print(f"      CPU {cpu:.1f} s (pass 1 {r['refine_cpu_seconds']:.1f} s, pass 2 with writing "
+                  f"{r['write_cpu_seconds']:.1f} s; {cpu / streamed:.2f} of {cores} cores busy): with every core "
+                  f"busy all the time this work allows a ratio of at most {best:.2f}; at the target, the "
+                  f"reference's own CPU leaves {spare:.1f} s of CPU for inference, correction and scratch, against "
+                  f"{cpu - ref['cpu_seconds'] * scale:.1f} s spent here")
             print(f"      worker thread: reading MSI + network {r['predict_seconds']:.1f} s, correction "
                   f"{r['correction_seconds']:.1f} s; main thread: encode + compress + write "
                   f"{r['encode_write_seconds']:.1f} s; shares of the single-pass work (inference : compression : "

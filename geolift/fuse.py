@@ -155,6 +155,7 @@ class FuseReport:
     training_pixels: int = 0
     train_seconds: float = 0.0
     write_seconds: float = 0.0
+    write_cpu_seconds: float = 0.0  # CPU time of all the process's threads (GDAL's too) over write_seconds
     srf_consistency_rmse: float = math.nan
     srf_consistency_relative: float = math.nan  # RMSE / mean HR-MSI value
     refined: bool = False  # whether the LR-consistency step (geolift.refine) was applied
@@ -164,6 +165,7 @@ class FuseReport:
     refine_residual_before: float = math.nan  # RMS of the projected LR residual, before and after the correction
     refine_residual_after: float = math.nan
     refine_seconds: float = 0.0  # PSF fit + pass 1 (one extra prediction of every window) + LR solve
+    refine_cpu_seconds: float = 0.0  # CPU time of all the process's threads over refine_seconds
     predict_seconds: float = 0.0  # reading the MSI and network inference while writing (worker thread)
     correction_seconds: float = 0.0  # adding the correction to each window while writing (worker thread)
     scratch_bytes: int = 0  # pass 1's network output kept on disk and read by pass 2 (0: pass 2 predicted again)
@@ -564,6 +566,7 @@ class LowResObservation:
     basis: np.ndarray  # (C, k) orthonormal
     coefficients: np.ndarray  # (k, h, w) float64
     started: float  # perf_counter() when the consistency step began
+    started_cpu: float  # process_time() then (CPU seconds of every thread of the process)
 
 
 def observe_low_res(plan: FusionPlan, lr_hsi: np.ndarray) -> LowResObservation | None:
@@ -573,7 +576,7 @@ def observe_low_res(plan: FusionPlan, lr_hsi: np.ndarray) -> LowResObservation |
     HSI's good bands on ``plan.hsi_grid``) to its coefficient maps, so the caller can drop the cube before pass 1.
     """
     report = plan.report
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     if plan.hsi_grid.crs != plan.grid.crs:
         # Tried: the LR-HSI resampled onto a grid in the MSI's CRS. Resampling changes the LR pixels' footprints
         # so they no longer match D(B*X), and on the Wald case in EPSG:4326 the correction made things worse
@@ -603,7 +606,8 @@ def observe_low_res(plan: FusionPlan, lr_hsi: np.ndarray) -> LowResObservation |
         log.info("The HSI grid sits %.2f, %.2f HSI px (x, y) from where its transform puts it, judged from the "
                  "data; the consistency step uses the registered grid.", *psf.shift)
     basis = rf.spectral_subspace(lr_hsi, rf.SUBSPACE_RANK)
-    return LowResObservation(psf.registered(grid), psf, basis, rf.lr_coefficients(lr_hsi, basis), started)
+    return LowResObservation(psf.registered(grid), psf, basis, rf.lr_coefficients(lr_hsi, basis), started,
+                              started_cpu)
 
 
 def consistency_correction(plan: FusionPlan, observation: LowResObservation, progress: Progress | None = None
@@ -641,6 +645,7 @@ def consistency_correction(plan: FusionPlan, observation: LowResObservation, pro
     report.refine_residual_before = float(correction.residual_before)
     report.refine_residual_after = float(correction.residual_after)
     report.refine_seconds = time.perf_counter() - observation.started
+    report.refine_cpu_seconds = time.process_time() - observation.started_cpu
     log.info("Consistency step prepared in %.1f s (LR residual RMS %.4g -> %.4g).", report.refine_seconds,
              correction.residual_before, correction.residual_after)
     return correction
@@ -776,7 +781,7 @@ def write_fusion(
                    int(valid.sum()) * resynth.shape[0], float(np.sum(msi_block[:, valid])))
         return (block, *quality), figures
 
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     bands = OutputBands(hsi.wavelengths_nm, hsi.fwhm_nm, good=hsi.good_bands)
     inputs = list(inputs) or [*hsi.paths, *plan.msi.paths]
     with ExitStack() as stack:
@@ -824,6 +829,7 @@ def write_fusion(
     report.cog_seconds = writer.cog_seconds
     report.encode_write_seconds -= writer.cog_seconds
     report.write_seconds = time.perf_counter() - started
+    report.write_cpu_seconds = time.process_time() - started_cpu
     log.info("Wrote %s in %.1f s; SRF consistency vs HR-MSI: RMSE %.4g (%.2f %% of the mean).",
              output, report.write_seconds, report.srf_consistency_rmse, 100 * report.srf_consistency_relative)
     return report

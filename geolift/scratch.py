@@ -118,28 +118,44 @@ class NetworkScratch:
         r0, c0 = int(window.row_off), int(window.col_off)
         r1, c1 = r0 + int(window.height), c0 + int(window.width)
         out = np.empty((self.bands, r1 - r0, c1 - c0), dtype=np.float32)
+        strips = [(row, col_off) for col_off in range(c0 - c0 % self.window, c1, self.window)
+                  for row in range(r0 - r0 % self.strip_rows, r1, self.strip_rows)]  # strips tile every window
         with self._lock:
-            if self.failed:
+            if self.failed or not all(strip in self._written for strip in strips):
                 return None
-            for col_off in range(c0 - c0 % self.window, c1, self.window):
-                for row in range(r0 - r0 % self.strip_rows, r1, self.strip_rows):  # strips tile every window
-                    if (row, col_off) not in self._written:
-                        return None
-                    offset, shape = self._strip(row, col_off)
-                    strip = np.empty(shape, dtype=np.float32)
-                    try:
-                        read = self._read_at(memoryview(strip).cast("B"), offset)
-                    except OSError as exc:
-                        self._fail(f"reading pass 1's output from {self.path} failed ({exc})")
-                        return None
-                    if read != strip.nbytes:
-                        self._fail(f"{self.path} is shorter than pass 1 wrote it")
-                        return None
-                    rows = slice(max(r0, row) - row, min(r1, row + shape[1]) - row)
-                    cols = slice(max(c0, col_off) - col_off, min(c1, col_off + shape[2]) - col_off)
-                    out[:, max(r0, row) - r0:min(r1, row + shape[1]) - r0,
-                        max(c0, col_off) - c0:min(c1, col_off + shape[2]) - c0] = strip[:, rows, cols]
+        for row, col_off in strips:
+            offset, shape = self._strip(row, col_off)
+            rows = slice(max(r0, row), min(r1, row + shape[1]))
+            cols = slice(max(c0, col_off), min(c1, col_off + shape[2]))
+            target = out[:, rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0]
+            if not self._read_strip(target, offset, shape, rows.start - row, cols.start - col_off):
+                return None
         return out
+
+    def _read_strip(self, target: np.ndarray, offset: int, shape: tuple[int, int, int], row: int, col: int) -> bool:
+        """Read the part of the strip at ``offset`` (``shape``) that starts at (``row``, ``col``) into ``target``:
+        straight in, one piece per band, when it is whole strip rows across the full width (a window aligned
+        with pass 1's); through a strip buffer otherwise. False (and the scratch dropped) when it cannot be read."""
+        bands, rows, cols = target.shape
+        direct = hasattr(os, "preadv") and cols == shape[2] and target[0].flags.c_contiguous
+        buffer = target if direct else np.empty(shape, dtype=np.float32)
+        pieces = ([memoryview(buffer[b]).cast("B") for b in range(bands)] if direct
+                  else [memoryview(buffer).cast("B")])
+        start = offset + (row * shape[2] * _ITEM if direct else 0)
+        stride = shape[1] * shape[2] * _ITEM if direct else 0  # a band's bytes in the strip
+        try:
+            complete = all(self._read_at(piece, start + i * stride) == piece.nbytes for i, piece in enumerate(pieces))
+        except OSError as exc:
+            with self._lock:
+                self._fail(f"reading pass 1's output from {self.path} failed ({exc})")
+            return False
+        if not complete:
+            with self._lock:
+                self._fail(f"{self.path} is shorter than pass 1 wrote it")
+            return False
+        if not direct:
+            target[...] = buffer[:, row:row + rows, col:col + cols]
+        return True
 
     def _write_at(self, data: memoryview, offset: int) -> None:
         """Positioned write: without a lock where the OS has ``pwrite`` (pass 1's workers write at once)."""
@@ -153,11 +169,12 @@ class NetworkScratch:
             data, offset = data[done:], offset + done
 
     def _read_at(self, into: memoryview, offset: int) -> int:
-        """Positioned read into ``into``; the bytes read (fewer only at the end of the file). The caller holds the
-        lock (one reader at a time; the seek of the fallback needs it)."""
-        if not hasattr(os, "preadv"):
-            self._file.seek(offset)
-            return self._file.readinto(into) or 0
+        """Positioned read into ``into``; the bytes read (fewer only at the end of the file). Without a lock
+        where the OS has ``preadv`` (pass 2's workers read at once); the fallback's seek takes the lock."""
+        if not hasattr(os, "preadv"):  # Windows
+            with self._lock:
+                self._file.seek(offset)
+                return self._file.readinto(into) or 0
         total = 0
         while total < len(into):
             done = os.preadv(self._file.fileno(), [into[total:]], offset + total)

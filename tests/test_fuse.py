@@ -290,6 +290,10 @@ def test_pass_two_reads_pass_one_network_output_from_the_scratch_bit_for_bit(ber
         assert leftovers(folder) == []
     assert leftovers(tmp_path) == []
     assert reports["none"].scratch_bytes == 0
+    for report in reports.values():  # the CPU of every thread over each stage: more than none, at most every core
+        for cpu, wall in ((report.refine_cpu_seconds, report.refine_seconds),
+                          (report.write_cpu_seconds, report.write_seconds)):
+            assert 0.0 < cpu <= os.cpu_count() * wall + 0.1
     for name in ("auto", "straddling", "own folder"):
         assert reports[name].refined
         assert reports[name].scratch_bytes == 177 * 660 * 494 * 4

@@ -56,6 +56,8 @@ def put_all(store: NetworkScratch, cube: np.ndarray, skip=()) -> None:
 @pytest.mark.parametrize("window", [
     Window(0, 0, WIDTH, HEIGHT),  # everything
     Window(0, 0, WINDOW, WINDOW),  # one of pass 1's windows
+    Window(WINDOW, 3, WINDOW, 12),  # one window's full width, rows off the strips (read straight in)
+    Window(2 * WINDOW, 0, WIDTH - 2 * WINDOW, HEIGHT),  # the partial last column of windows, whole
     Window(5, 7, 40, 33),  # across four windows, rows and columns off the strips
     Window(89, 69, 1, 1),  # the last pixel, in a partial window's partial strip
     Window(30, 60, 60, 10),  # the bottom row of windows (6 rows high)
