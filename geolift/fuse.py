@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ from geolift.io import Encoding, HSIWriter, OutputBands, Scene, check_output_pat
 from geolift.io.products.common import product_identity
 from geolift.model import DEFAULT_PRESET, SpectraLift, torch_threads
 from geolift.pipeline import pipelined
-from geolift.scratch import NetworkScratch
+from geolift.scratch import NetworkScratch, scratch_prefix
 
 log = logging.getLogger("geolift")
 
@@ -487,10 +487,12 @@ def prepare_fusion(
     options: FuseOptions | None = None,
     progress: Progress | None = None,
     scratch_dir: PathLike | None = None,
+    scratch_max_pixels: int | None = None,
 ) -> FusionPlan:
     """Read both scenes, build the response, co-register, and fit the model; with the consistency step, run its
     pass 1 and, given ``scratch_dir``, keep the network's output there for pass 2 (:mod:`geolift.scratch`; the
-    caller closes ``plan.scratch``)."""
+    caller closes ``plan.scratch``) unless the output grid has more than ``scratch_max_pixels`` pixels (a
+    ``geolift batch`` job that other processes will write, tile task by tile task, from their own predictions)."""
     options = options or FuseOptions()
     # Built first: a preset, step count or device it refuses (CUDA asked for on a CPU-only machine) stops the run
     # before any scene is read.
@@ -524,7 +526,8 @@ def prepare_fusion(
         with torch_threads(options.torch_threads):
             observation = observe_low_res(plan, lr_hsi)
             del lr_hsi  # from here on its coefficient maps stand for it (a full EnMAP scene: 0.8 GB -> 160 MB)
-            if observation is not None and scratch_dir is not None:
+            whole = scratch_max_pixels is None or plan.grid.width * plan.grid.height <= scratch_max_pixels
+            if observation is not None and scratch_dir is not None and whole:
                 plan.scratch = _network_scratch(plan, Path(scratch_dir))
             if observation is not None:
                 plan.correction = consistency_correction(plan, observation, progress)
@@ -857,13 +860,23 @@ def fuse_files(
     if qa is not None:
         check_output_path(qa, overwrite=options.overwrite, inputs=[*inputs, output])
     with ExitStack() as stack:
-        folder = _scratch_folder(options.scratch, output)
-        scratch_dir = None if folder is None else stack.enter_context(
-            tempfile.TemporaryDirectory(prefix=".geolift-scratch-", dir=folder))
+        scratch_dir = stack.enter_context(scratch_space(options.scratch, output))
         plan = prepare_fusion(hsi_source, msi_source, options, progress, scratch_dir=scratch_dir)
         if plan.scratch is not None:
             stack.callback(plan.scratch.close)  # before the folder goes (last in, first out)
         return write_fusion(plan, output, progress, inputs=inputs, qa_path=qa)
+
+
+@contextmanager
+def scratch_space(choice: str, output: PathLike) -> Iterator[Path | None]:
+    """A temporary folder for pass 1's scratch where ``FuseOptions.scratch`` (``choice``) puts it, deleted on
+    leaving, also on failure; None for ``"none"``. Raises OutputError for a folder that does not exist."""
+    folder = _scratch_folder(choice, Path(output))
+    if folder is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(output), dir=folder) as path:
+        yield Path(path)
 
 
 def _scratch_folder(choice: str, output: Path) -> Path | None:

@@ -26,13 +26,18 @@ from pathlib import Path
 import numpy as np
 from rasterio.windows import Window
 
-__all__ = ["NetworkScratch", "scratch_bytes"]
+__all__ = ["NetworkScratch", "scratch_bytes", "scratch_prefix"]
 
 log = logging.getLogger(__name__)
 
 _ITEM = np.dtype(np.float32).itemsize
 #: Free space kept beside the scratch and the output: what else runs on the disk must not be starved.
 FREE_SPACE_MARGIN = 1 << 30
+
+
+def scratch_prefix(output: str | Path) -> str:
+    """The name every scratch folder of ``output`` starts with: a later run that finds one knows whose it was."""
+    return f".{Path(output).name}.geolift-scratch-"
 
 
 def scratch_bytes(bands: int, height: int, width: int) -> int:

@@ -120,9 +120,9 @@ class WaldFiles:
 
 def temp_leftovers(folder: Path) -> list[Path]:
     """Temporary files geolift would leave behind after a failed write (``.<name>.geolift-tmp-*``), and the
-    consistency step's scratch folder (``.geolift-scratch-*``)."""
+    consistency step's scratch folders (``.<name>.geolift-scratch-*``)."""
     return sorted(Path(folder).glob(".*geolift-tmp-*")) + sorted(Path(folder).glob(".geolift-probe-*")) + \
-        sorted(Path(folder).glob(".geolift-scratch-*"))
+        sorted(Path(folder).glob(".*geolift-scratch-*"))
 
 
 def box_response(n_msi: int, n_hsi: int) -> np.ndarray:

@@ -42,6 +42,7 @@ from geolift.batch import (
     sidecar_path,
     start_local_cluster,
 )
+from geolift.batch.resume import remove_leftovers
 from geolift.errors import BatchError, InputError, JobsFailedError, OutputError
 from geolift.fuse import FuseOptions, fuse_files
 
@@ -119,6 +120,12 @@ def torch_threads(n: int):
 def read_all(path) -> np.ndarray:
     with rasterio.open(path) as ds:
         return ds.read()
+
+
+def output_report(path) -> dict:
+    """The fuse report stored in an output's metadata."""
+    with rasterio.open(path) as ds:
+        return json.loads(ds.tags()["geolift_report"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +342,22 @@ def test_fingerprint_follows_inputs_and_result_relevant_options(tmp_path, data):
     assert job_fingerprint(remote)["hsi"] == {"path": "/vsis3/bucket/h.tif"}  # never stat'ed
 
 
+def test_a_rerun_removes_what_a_killed_run_left_beside_its_own_output_only(tmp_path):
+    output = tmp_path / "a_fused.tif"
+    mine = [tmp_path / f".a_fused.tif.geolift-tmp-{uuid}" for uuid in ("1", "2")]
+    for path in mine:
+        path.write_bytes(b"partial")
+    scratch = tmp_path / ".a_fused.tif.geolift-scratch-xyz"
+    scratch.mkdir()
+    (scratch / "network_output.f32").write_bytes(b"\0" * 64)
+    others = [tmp_path / ".b_fused.tif.geolift-scratch-xyz", tmp_path / ".b_fused.tif.geolift-tmp-1"]
+    others[0].mkdir()
+    others[1].write_bytes(b"another job's")
+    remove_leftovers(output)
+    assert not any(path.exists() for path in [*mine, scratch])
+    assert all(path.exists() for path in others)  # another job's, perhaps running now
+
+
 def test_retryable_failures_are_worker_and_io_errors_not_input_errors():
     from distributed.scheduler import KilledWorker
 
@@ -374,7 +397,12 @@ def test_batch_fuses_real_data_and_reports_the_broken_job(client, first_run, ref
         sidecar = json.loads(sidecar_path(job.output).read_text())
         assert sidecar["hash"] == job_hash(job_fingerprint(job)) and sidecar["job"] == job.name
         assert sidecar["written_by"]["worker"] in workers  # a worker wrote it, not this (the client's) process
-    assert not list(outdir.glob(".*geolift-tmp-*"))
+    assert not list(outdir.glob(".*geolift-tmp-*")) and not list(outdir.glob(".*geolift-scratch-*"))
+    # A job written whole kept pass 1's network output for pass 2, as geolift fuse does (the same bits, above);
+    # Berlin's tile tasks predicted their own windows.
+    scratch = {job.name: output_report(job.output)["scratch_bytes"] for job in jobs[:4]}
+    assert scratch[jobs[0].name] == 0
+    assert all(scratch[job.name] > 0 for job in jobs[1:4])
     stages = {e.stage for e in events if e.job == jobs[0].name}
     assert {"read", "train", "write", "done"} <= stages
     train = [e for e in events if e.job == jobs[0].name and e.stage == "train"]

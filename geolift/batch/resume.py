@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from geolift.batch.jobs import BatchJob
 from geolift.errors import InputError
 from geolift.io import vsi
 from geolift.io.paths import NEW_FILE_MODE, companion_files, is_remote
+from geolift.scratch import scratch_prefix
 
 __all__ = [
     "SIDECAR_FORMAT", "SIDECAR_SUFFIX", "is_complete", "job_fingerprint", "job_hash", "read_sidecar",
@@ -131,10 +133,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def remove_leftovers(output: Path) -> None:
-    """Remove hidden temporary files an interrupted earlier run left next to this output."""
+    """Remove the hidden temporary files and scratch folders (:func:`geolift.fuse.scratch_space`) an interrupted
+    earlier run left next to this output: a worker killed mid-job cleans nothing up."""
     for leftover in output.parent.glob(f".{output.name}.geolift-tmp-*"):
         try:
             leftover.unlink()
             log.info("Removed %s, left over from an interrupted run.", leftover.name)
         except OSError:
             pass
+    for leftover in output.parent.glob(f"{scratch_prefix(output)}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+            log.info("Removed %s, the scratch folder of an interrupted run.", leftover.name)

@@ -21,6 +21,7 @@ import logging
 import re
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from geolift.batch.jobs import BatchJob, BatchSettings
 from geolift.batch.report import pair_check_text
 from geolift.batch.resume import SIDECAR_FORMAT, remove_leftovers, sidecar_path, write_json_atomic
 from geolift.batch.tasks import await_with_retries, predict_task, task_context, with_portable_errors
-from geolift.fuse import FusionPlan, prepare_fusion, write_fusion
+from geolift.fuse import FusionPlan, prepare_fusion, scratch_space, write_fusion
 from geolift.io import check_output_path, is_remote
 from geolift.io.vsi import is_vsi_path
 
@@ -169,8 +170,13 @@ def _run_job(job: BatchJob, settings: BatchSettings, fingerprint: dict[str, Any]
         # The task's thread budget is its worker thread's: torch_threads (GDAL's too, and no predict-ahead
         # thread when it is 1), so that N one-thread workers use N cores and scale as such.
         options = replace(job.options, overwrite=True, num_threads=settings.torch_threads)
-        plan = prepare_fusion(job.hsi, job.msi_source, options, progress=progress)
-        tries = max(attempt, _write(plan, job, settings, topic, token_for(job, digest), qa_path, progress))
+        with ExitStack() as stack:  # pass 1's scratch, for a job this task writes whole (not split into tile tasks)
+            scratch_dir = stack.enter_context(scratch_space(options.scratch, job.output))
+            plan = prepare_fusion(job.hsi, job.msi_source, options, progress=progress, scratch_dir=scratch_dir,
+                                  scratch_max_pixels=settings.pixels_per_task)
+            if plan.scratch is not None:
+                stack.callback(plan.scratch.close)  # before its folder goes
+            tries = max(attempt, _write(plan, job, settings, topic, token_for(job, digest), qa_path, progress))
         if settings.stac_collection:
             from geolift.stac import item_for_output, item_path_for
             from geolift.stac import write_json_atomic as write_item
