@@ -325,8 +325,10 @@ def test_fingerprint_follows_inputs_and_result_relevant_options(tmp_path, data):
                    options=FuseOptions(sensor="sentinel2a", steps=10))
     digest = job_hash(job_fingerprint(job))
     assert job_hash(job_fingerprint(job)) == digest
-    same_result = replace(job, options=replace(job.options, overwrite=True, num_threads=4))
-    assert job_hash(job_fingerprint(same_result)) == digest  # neither changes the pixels
+    same_result = replace(job, options=replace(job.options, overwrite=True, num_threads=4, scratch="none"))
+    assert job_hash(job_fingerprint(same_result)) == digest  # none changes the pixels
+    # nor is the scratch hashed at all: outputs finished before the option existed stay up to date
+    assert "scratch" not in job_fingerprint(job)["options"]
     assert job_hash(job_fingerprint(replace(job, options=replace(job.options, steps=11)))) != digest
     assert job_hash(job_fingerprint(job, torch_threads=2)) != digest  # a fit depends on the thread count
     # the output options added with --cog/--co change the file, so they count; at their defaults they are left out,
@@ -561,16 +563,22 @@ def test_cli_batch_exit_codes_report_and_resume(client, first_run, data, tmp_pat
 
     _, pairs, _ = data
     good = write_manifest(tmp_path / "good.csv", [wald_row(pairs["c"])])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     result = runner.invoke(app, ["batch", str(good), "-o", str(tmp_path / "out"), "--scheduler", address,
-                                 "--progress", "plain", "--log", str(tmp_path / "run.log"), "--qa"])
+                                 "--progress", "plain", "--log", str(tmp_path / "run.log"), "--qa",
+                                 "--scratch", str(scratch)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "wald_c_hsi_fused.tif").is_file()
+    assert output_report(tmp_path / "out" / "wald_c_hsi_fused.tif")["scratch_bytes"] > 0  # kept there, then
+    assert list(scratch.iterdir()) == []  # deleted
     with rasterio.open(tmp_path / "out" / "wald_c_hsi_fused.tif") as out, \
             rasterio.open(tmp_path / "out" / "wald_c_hsi_fused_qa.tif") as qa:  # --qa: the layer beside it
         assert qa.descriptions[3] == "nodata_reason" and (qa.transform, qa.shape) == (out.transform, out.shape)
         np.testing.assert_array_equal(qa.read(4) == 0, np.isfinite(out.read(1)))
     assert "geolift: progress 100.0% batch" in result.output
     assert "done in" in (tmp_path / "run.log").read_text()
+    assert f"for pass 2 in {scratch}" in (tmp_path / "run.log").read_text()  # the worker's log line: kept there
 
     bad = write_manifest(tmp_path / "bad.csv", ["a.tif,b.tif,sentinel2,,lots,,"])
     result = runner.invoke(app, ["batch", str(bad), "-o", str(tmp_path / "out2"), "--scheduler", address])
@@ -579,6 +587,9 @@ def test_cli_batch_exit_codes_report_and_resume(client, first_run, data, tmp_pat
 
     result = runner.invoke(app, ["batch", "-o", str(tmp_path / "out3")])
     assert result.exit_code == BatchError.exit_code and "MANIFEST" in result.output
+    result = runner.invoke(app, ["batch", str(good), "-o", str(tmp_path / "out4"), "--scratch", str(tmp_path / "no")])
+    assert result.exit_code == BatchError.exit_code  # before a local cluster starts
+    assert "scratch folder" in result.output and "does not exist" in result.output
 
 
 def test_worker_warnings_reach_the_console_as_one_line_with_the_job(client, tmp_path):

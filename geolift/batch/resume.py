@@ -35,7 +35,7 @@ SIDECAR_SUFFIX = ".geolift.json"
 SIDECAR_FORMAT = "geolift-batch/1"
 
 #: FuseOptions fields that do not change the output file (so they stay out of the job hash).
-_RESULT_NEUTRAL_OPTIONS = ("overwrite", "num_threads")
+_RESULT_NEUTRAL_OPTIONS = ("overwrite", "num_threads", "scratch")  # scratch: the same bits either way
 #: FuseOptions fields added after outputs were first fingerprinted: left out of the hash at their defaults, so an
 #: output made before they existed is still up to date (any other value is hashed like every option).
 _OMITTED_AT_DEFAULT = {"cog": False, "creation_options": []}

@@ -180,6 +180,11 @@ def batch(
         "whole scenes while there are at least as many jobs to run as worker threads, else 512 x 512.")] = None,
     log_file: Annotated[Optional[Path], typer.Option(
         "--log", help="Log file (default: OUTDIR/batch.log, appended).")] = None,
+    scratch: Annotated[str, typer.Option(
+        "--scratch", metavar="auto|none|FOLDER", help="Where a job written whole (not split into tile tasks) keeps "
+        "the consistency step's network output between its two passes, as geolift fuse --scratch: auto, a hidden "
+        "folder beside each output; a folder that exists on every worker (a fast local disk); or none, predict "
+        "twice.")] = "auto",
     *,
     pair: PairChoices,
     output_choices: OutputChoices,
@@ -209,6 +214,9 @@ def batch(
             raise BatchError("Give a MANIFEST, or both --hsi-dir and --msi-dir to pair two folders.")
         if scheduler and workers:
             raise BatchError("--workers sizes the local cluster; an existing cluster (--scheduler) keeps its own.")
+        if not scheduler and scratch not in ("auto", "none") and not Path(scratch).expanduser().is_dir():
+            # (on an existing cluster the folder is the workers' to have: a job there fails with the same sentence)
+            raise BatchError(f"The scratch folder {Path(scratch).expanduser()} does not exist.")
         outputs = output_folder(outdir)
         if is_vsi_path(outputs):  # object storage: jobs upload there; the batch's own files stay here
             check_remote_folder(outputs)
@@ -222,7 +230,7 @@ def batch(
         file_handlers = _setup_batch_logging(display.quiet, log_file or here / "batch.log")
         log.info("geolift batch: %s", " ".join(sys.argv[1:]) or "(library call)")
 
-        defaults = pair.fuse_options(output_choices)
+        defaults = pair.fuse_options(output_choices, scratch=scratch)
         check_output_options(defaults)  # --co/--cog mistakes stop the batch before any job starts
         if manifest is not None:
             jobs = read_manifest(manifest, outputs, defaults)
