@@ -179,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             runs[name] = (r, out, size)
         fused = runs["spectralift"][1]
         pixels = args.size * args.size
-        ref = reference_write(fused, folder / "reference_deflate.tif", "deflate", len(os.sched_getaffinity(0)))
-        raw = reference_write(fused, folder / "reference_none.tif", "none", len(os.sched_getaffinity(0)))
-        compression = max(ref["seconds"] - raw["seconds"], 0.0)
         cores = len(os.sched_getaffinity(0))
+        ref = reference_write(fused, folder / "reference_deflate.tif", "deflate", cores)
+        raw = reference_write(fused, folder / "reference_none.tif", "none", cores)
+        compression = max(ref["seconds"] - raw["seconds"], 0.0)
         print(f"   reference write of the same raster (same creation options, data precomputed): "
               f"{ref['seconds']:.1f} s ({pixels / ref['seconds']:,.0f} px/s; CPU {ref['cpu_seconds']:.1f} s, "
               f"{ref['cpu_seconds'] / ref['seconds']:.2f} of {cores} cores busy; peak RSS {ref['peak_mb']:.0f} MB); "

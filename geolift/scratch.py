@@ -141,25 +141,24 @@ class NetworkScratch:
         """Read the part of the strip at ``offset`` (``shape``) that starts at (``row``, ``col``) into ``target``:
         straight in, one piece per band, when it is whole strip rows across the full width (a window aligned
         with pass 1's); through a strip buffer otherwise. False (and the scratch dropped) when it cannot be read."""
-        bands, rows, cols = target.shape
-        direct = hasattr(os, "preadv") and cols == shape[2] and target[0].flags.c_contiguous
-        buffer = target if direct else np.empty(shape, dtype=np.float32)
-        pieces = ([memoryview(buffer[b]).cast("B") for b in range(bands)] if direct
-                  else [memoryview(buffer).cast("B")])
-        start = offset + (row * shape[2] * _ITEM if direct else 0)
-        stride = shape[1] * shape[2] * _ITEM if direct else 0  # a band's bytes in the strip
+        direct = hasattr(os, "preadv") and target.shape[2] == shape[2] and target[0].flags.c_contiguous
+        if direct:
+            band_bytes, first = shape[1] * shape[2] * _ITEM, offset + row * shape[2] * _ITEM
+            pieces = [(memoryview(band).cast("B"), first + b * band_bytes) for b, band in enumerate(target)]
+        else:
+            buffer = np.empty(shape, dtype=np.float32)
+            pieces = [(memoryview(buffer).cast("B"), offset)]
         try:
-            complete = all(self._read_at(piece, start + i * stride) == piece.nbytes for i, piece in enumerate(pieces))
+            problem = None if all(self._read_at(piece, at) == piece.nbytes for piece, at in pieces) \
+                else "is shorter than pass 1 wrote it"
         except OSError as exc:
+            problem = f"could not be read ({exc})"
+        if problem:
             with self._lock:
-                self._fail(f"reading pass 1's output from {self.path} failed ({exc})")
-            return False
-        if not complete:
-            with self._lock:
-                self._fail(f"{self.path} is shorter than pass 1 wrote it")
+                self._fail(f"pass 1's output in {self.path} {problem}")
             return False
         if not direct:
-            target[...] = buffer[:, row:row + rows, col:col + cols]
+            target[...] = buffer[:, row:row + target.shape[1], col:col + target.shape[2]]
         return True
 
     def _write_at(self, data: memoryview, offset: int) -> None:
