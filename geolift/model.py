@@ -40,6 +40,8 @@ __all__ = [
     "MIN_TRAINING_PIXELS",
     "SpectraLift",
     "SpectraLiftMLP",
+    "SpectraLiftMembers",
+    "averaged_output_layer",
     "fold_msi_update",
     "learning_rate_schedule",
     "msi_update_gain",
@@ -70,10 +72,10 @@ Progress = Callable[[int, int, str], None]
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,
-                        nonnegative=False, msi_update=False),
+                        nonnegative=False, msi_update=False, members=1),
     "geolift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                     max_train_pixels=2048, consistency=True, brightness_jitter=0.25, snapshot_fraction=0.2,
-                    nonnegative=True, msi_update=True),
+                    nonnegative=True, msi_update=True, members=1),
 }
 
 #: The preset ``SpectraLift()`` uses when none is named.
@@ -87,6 +89,10 @@ MIN_TRAINING_PIXELS = 16
 
 LEAKY_SLOPE = 0.3  # Keras LeakyReLU(alpha=0.3), as in the reference
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-7  # Keras Adam defaults the reference relies on
+
+#: Member k of an ensemble (``members``) is initialised, sampled and jittered as a single fit with seed
+#: ``seed + k * MEMBER_SEED_STRIDE`` would be: member 0 is the single fit with ``seed``.
+MEMBER_SEED_STRIDE = 1000
 
 #: Pixels per step of inference: the float64 activations of a step (64 wide) and its output (C bands) stay in the
 #: CPU cache. Any value gives the same bits (see :class:`ExactNetwork`); this one is only the fastest measured.
@@ -136,14 +142,26 @@ def msi_update_gain(target: np.ndarray, R: np.ndarray, regularization: float | N
         return (covariance @ response.T @ torch.linalg.inv(weighted)).numpy()
 
 
+def averaged_output_layer(state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The (C, K * hidden) weight and (C,) bias, float64, whose product with K members' features side by side is the
+    mean of their outputs: each member's output weights divided by K, the biases averaged (one network: as is)."""
+    weight = np.asarray(state["output_layer.weight"], np.float64)
+    bias = np.asarray(state["output_layer.bias"], np.float64)
+    if weight.ndim == 2:
+        return weight, bias
+    members = weight.shape[0]
+    return np.concatenate(list(weight / members), axis=1), bias.sum(axis=0) / members
+
+
 def fold_msi_update(state: dict[str, np.ndarray], R: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The output layer with the MSI update folded in: ``x + G(m - R·x)`` of ``x = W·h + b`` is
     ``[(I - GR)W | G]·[h; m] + (I - GR)b``, so the update costs the output layer m more inputs instead of passes over
-    every band. Returns that (C, hidden + m) weight and (C,) bias (scaled units, as the network's). Formed in torch
+    every band. Returns that (C, hidden + m) weight and (C,) bias (scaled units, as the network's); for an ensemble
+    ``W`` and ``b`` are :func:`averaged_output_layer`'s, so the update applies to the members' mean. Formed in torch
     at fit time and kept with the weights, so every process predicting with the model uses the same bits."""
+    weight, bias = averaged_output_layer(state)
     with torch.inference_mode():
-        w = torch.from_numpy(np.asarray(state["output_layer.weight"], np.float64))
-        b = torch.from_numpy(np.asarray(state["output_layer.bias"], np.float64))
+        w, b = torch.from_numpy(weight), torch.from_numpy(bias)
         g = torch.from_numpy(np.asarray(gain, np.float64))
         keep = torch.eye(w.shape[0], dtype=torch.float64) - g @ torch.from_numpy(np.asarray(R, np.float64))
         return torch.cat([keep @ w, g], dim=1).numpy(), (keep @ b).numpy()
@@ -202,43 +220,101 @@ class SpectraLiftMLP(nn.Module):
                 layer.bias.zero_()
 
 
+class _StackedLinear(nn.Module):
+    """K independent dense layers applied to K stacks of pixels in one batched product: (K, n, in) -> (K, n, out)."""
+
+    def __init__(self, layers: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))  # (K, out, in)
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))  # (K, out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2))
+
+
+class SpectraLiftMembers(nn.Module):
+    """K :class:`SpectraLiftMLP` networks trained as one: every layer is one batched product over the members.
+
+    The members share nothing but the products' calls: member k's weights, gradients and Adam moments are its own,
+    so training the stack is training K independent networks, at one step's overhead instead of K (what matters on
+    the small LR grids where a step costs little arithmetic). Its ``state_dict`` has SpectraLiftMLP's keys with a
+    leading member axis.
+    """
+
+    def __init__(self, members: list[SpectraLiftMLP]):
+        super().__init__()
+        for name in ExactNetwork.LAYERS:
+            setattr(self, name, _StackedLinear([getattr(member, name) for member in members]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, n, m) MSI spectra, one stack per member -> (K, n, C)."""
+        def act(layer: _StackedLinear, h: torch.Tensor) -> torch.Tensor:
+            return F.leaky_relu(layer(h), LEAKY_SLOPE)
+
+        x1 = act(self.layer1, x)
+        x = act(self.layer2, x1) + x1
+        x = act(self.layer4, act(self.layer3, x)) + x
+        x = act(self.layer6, act(self.layer5, x)) + x
+        return self.output_layer(x)
+
+
 class ExactNetwork:
     """A fitted :class:`SpectraLiftMLP` for inference, every layer an exact product (:mod:`geolift.exact`).
 
     A pixel's spectrum is a function of that pixel's MSI values and the weights alone, to the last bit: it cannot
     change with the other pixels in the call, their number, the thread count, the BLAS kernel the CPU picks or the
     device. It agrees with the training network's float32 forward pass to float32 rounding (each layer's input and
-    weights are rounded to 23-26 significant bits; the sums are exact in float64).
+    weights are rounded to 22-26 significant bits; the sums are exact in float64).
+
+    An ensemble (a state with a leading member axis, :class:`SpectraLiftMembers`) runs each member's hidden layers
+    and then one output product over all members' features side by side, with each member's output weights divided
+    by K: the average of the members' outputs is then inside one exact sum, not a further rounding.
     """
 
-    _LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer5", "layer6", "output_layer")
+    LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer5", "layer6", "output_layer")
 
     def __init__(self, state: dict[str, np.ndarray], device: torch.device | str = "cpu",
                  output_layer: tuple[np.ndarray, np.ndarray] | None = None):
-        """``output_layer``: a (C, hidden + m) weight and its (C,) bias that replace the output layer's and also
-        take the pixel's m MSI values, as :func:`fold_msi_update` makes them (None: the network as trained)."""
+        """``output_layer``: a (C, K * hidden + m) weight and its (C,) bias that replace the (averaged) output layer
+        and also take the pixel's m MSI values, as :func:`fold_msi_update` makes them (None: as trained)."""
         self.device = torch.device(device)
-        weights = {name: (np.asarray(state[f"{name}.weight"], np.float64), np.asarray(state[f"{name}.bias"],
-                                                                                       np.float64))
-                   for name in self._LAYERS}
+        stacked = np.ndim(state["layer1.weight"]) == 3
+        members = [{k: v[i] for k, v in state.items()} for i in range(len(state["layer1.weight"]))] if stacked \
+            else [state]
         self.msi_inputs = output_layer is not None
-        if self.msi_inputs:
-            weights["output_layer"] = tuple(np.asarray(a, np.float64) for a in output_layer)
-        self.layers = [(ExactMatrix(w, self.device),  # biases as columns: band-first
-                        torch.as_tensor(b[:, None], device=self.device)) for w, b in weights.values()]
-        self.output_bias = self.layers[-1][1].to(torch.float32)
+        final = output_layer if self.msi_inputs else averaged_output_layer(state)
+
+        def exact(weight: np.ndarray, bias: np.ndarray) -> tuple[ExactMatrix, torch.Tensor]:
+            return (ExactMatrix(np.asarray(weight, np.float64), self.device),  # biases as columns: band-first
+                    torch.as_tensor(np.asarray(bias, np.float64)[:, None], device=self.device))
+
+        self.trunks = [[exact(member[f"{name}.weight"], member[f"{name}.bias"]) for name in self.LAYERS[:-1]]
+                       for member in members]
+        self.output = exact(*final)
+        self.output_bias = self.output[1].to(torch.float32)
+
+    @property
+    def _hidden(self) -> int:
+        return self.trunks[0][0][0].matrix.shape[0]
 
     def workspace(self, n: int) -> torch.Tensor:
         """A float64 buffer for calls of up to ``n`` pixels (one per thread): the activations, their rounded
         copies and the output product live in it instead of in new tensors at every layer of every call."""
-        hidden, bands = self.layers[0][0].matrix.shape[0], self.layers[-1][0].matrix.shape[0]
-        return torch.empty((3 * hidden + self._rounded_rows() + bands) * n, dtype=torch.float64, device=self.device)
+        bands = self.output[0].matrix.shape[0]
+        return torch.empty((3 * self._hidden + self._rounded_rows() + self._joint_rows() + bands) * n,
+                           dtype=torch.float64, device=self.device)
 
     def _rounded_rows(self) -> int:
-        """Rows of the workspace's buffer for rounded layer inputs: the widest input, or with the folded output
-        layer its hidden features and the MSI values side by side."""
-        hidden, inputs = self.layers[0][0].matrix.shape
-        return hidden + inputs if self.msi_inputs else max(hidden, inputs)
+        """Rows of the workspace's buffer for rounded layer inputs: the widest input, or for one network with the
+        folded output layer its hidden features and the MSI values side by side."""
+        inputs = self.trunks[0][0][0].matrix.shape[1]
+        if len(self.trunks) == 1 and self.msi_inputs:
+            return self._hidden + inputs
+        return max(self._hidden, inputs)
+
+    def _joint_rows(self) -> int:
+        """Rows of the output layer's input buffer of an ensemble (one network uses the rounded-input buffer)."""
+        return 0 if len(self.trunks) == 1 else self.output[0].matrix.shape[1]
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, work: torch.Tensor | None = None
                  ) -> torch.Tensor:
@@ -248,28 +324,39 @@ class ExactNetwork:
         :meth:`workspace` of at least n pixels (the same bits without one, more allocation)."""
         n = x.shape[0]
         work = self.workspace(n) if work is None else work
-        hidden = self.layers[0][0].matrix.shape[0]
+        hidden = self._hidden
         parts, start = [], 0
-        joint = self._rounded_rows()
-        for rows in (hidden, hidden, hidden, joint, self.layers[-1][0].matrix.shape[0]):
+        for rows in (hidden, hidden, hidden, self._rounded_rows(), self._joint_rows(), self.output[0].matrix.shape[0]):
             parts.append(work[start:start + rows * n])
             start += rows * n
-        a, b, c, rounded, product = parts
+        a, b, c, rounded, joint, product = parts
 
-        def act(i: int, h: torch.Tensor, into: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-            """Layer i of ``h`` into ``into``; ``scratch`` takes ``h`` rounded (``h`` itself when not needed again)."""
-            weight, bias = self.layers[i]
+        def act(layer: tuple[ExactMatrix, torch.Tensor], h: torch.Tensor, into: torch.Tensor,
+                scratch: torch.Tensor) -> torch.Tensor:
+            """``layer`` of ``h`` into ``into``; ``scratch`` takes ``h`` rounded (``h`` itself if not needed again)."""
+            weight, bias = layer
             rows, k = weight.matrix.shape
             result = weight.columns(h, into.view(rows, n), scratch[:k * n].view(k, n) if scratch.ndim == 1 else scratch)
             return F.leaky_relu_(result.add_(bias), LEAKY_SLOPE)  # bias added apart: no fused kernel
 
-        x1 = act(0, x.T, a, rounded)
-        h = act(1, x1, b, rounded).add_(x1)
-        h = act(3, act(2, h, c, rounded), a, c.view(hidden, n)).add_(h)
-        h = act(5, act(4, h, b, rounded), c, b.view(hidden, n)).add_(h)
-        final = self.layers[-1][0]
-        if self.msi_inputs:  # the output layer also takes the pixel's MSI values (fold_msi_update)
-            h = torch.cat([h, x.T], out=rounded.view(joint, n))
+        def trunk(layers: list) -> torch.Tensor:
+            """One member's last hidden features, in ``c``."""
+            x1 = act(layers[0], x.T, a, rounded)
+            h = act(layers[1], x1, b, rounded).add_(x1)
+            h = act(layers[3], act(layers[2], h, c, rounded), a, c.view(hidden, n)).add_(h)
+            return act(layers[5], act(layers[4], h, b, rounded), c, b.view(hidden, n)).add_(h)
+
+        if len(self.trunks) == 1:
+            h = trunk(self.trunks[0])
+            if self.msi_inputs:  # the output layer also takes the pixel's MSI values (fold_msi_update)
+                h = torch.cat([h, x.T], out=rounded.view(self._rounded_rows(), n))
+        else:  # every member's features side by side, then one output product (see the class docstring)
+            h = joint.view(self._joint_rows(), n)
+            for i, layers in enumerate(self.trunks):
+                h[i * hidden:(i + 1) * hidden].copy_(trunk(layers))
+            if self.msi_inputs:
+                h[len(self.trunks) * hidden:].copy_(x.T)
+        final = self.output[0]
         product = final.columns(h, product.view(final.matrix.shape[0], n), h)
         if out is None:
             out = torch.empty(product.shape, dtype=torch.float32, device=self.device)
@@ -527,7 +614,7 @@ class SpectraLift:
                  num_threads: int | None = None, max_train_pixels: int | None | str = "preset",
                  consistency: bool | None = None, brightness_jitter: float | None = None,
                  snapshot_fraction: float | None = None, nonnegative: bool | None = None,
-                 msi_update: bool | None = None):
+                 msi_update: bool | None = None, members: int | None = None):
         preset = DEFAULT_PRESET if preset is None else preset
         if preset not in PRESETS:
             raise ModelError(f"Unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}.")
@@ -540,6 +627,7 @@ class SpectraLift:
         warmup = recipe["warmup"] if warmup is None else warmup
         brightness_jitter = recipe["brightness_jitter"] if brightness_jitter is None else float(brightness_jitter)
         snapshot_fraction = recipe["snapshot_fraction"] if snapshot_fraction is None else float(snapshot_fraction)
+        members = recipe["members"] if members is None else members
         if not 0.0 <= brightness_jitter < 1.0:
             raise ModelError(f"brightness_jitter must be in [0, 1), got {brightness_jitter}.")
         if not 0.0 <= snapshot_fraction <= 1.0:
@@ -551,6 +639,8 @@ class SpectraLift:
             raise ModelError(f"steps must be at least 1, got {steps}.")
         if int(hidden) < 1:
             raise ModelError(f"hidden must be at least 1, got {hidden}.")
+        if int(members) < 1:
+            raise ModelError(f"members must be at least 1, got {members}.")
         if not 0.0 <= float(warmup) < 1.0:
             raise ModelError(f"warmup must be in [0, 1), got {warmup}.")
         if min(lr_initial, lr_max, lr_final) < 0:
@@ -580,6 +670,8 @@ class SpectraLift:
         self.nonnegative = bool(recipe["nonnegative"] if nonnegative is None else nonnegative)
         #: whether each prediction is moved to agree with its own MSI pixel (see msi_update_gain)
         self.msi_update = bool(recipe["msi_update"] if msi_update is None else msi_update)
+        #: networks trained side by side (SpectraLiftMembers) whose outputs are averaged; 1: one network
+        self.members = int(members)
         _resolve_device(self.device)  # fail early on an unusable device
 
         # Set by fit().
@@ -629,11 +721,17 @@ class SpectraLift:
     def _new_network(self, n_in: int, n_out: int, generator: torch.Generator | None = None) -> SpectraLiftMLP:
         return SpectraLiftMLP(n_in, n_out, self.hidden, generator)
 
-    def network(self) -> SpectraLiftMLP:
-        """The fitted torch network (as trained, float32) on the chosen device."""
+    def network(self, member: int | None = None) -> SpectraLiftMLP:
+        """The fitted torch network (as trained, float32) on the chosen device; with ``members`` > 1, member
+        ``member`` of the ensemble (its output is the members' mean, which no one torch network gives)."""
         self._check_fitted()
+        if self.members > 1 and member is None:
+            raise ModelError(f"This model is an ensemble of {self.members} networks; network(member=k) gives one.")
+        if member is not None and not 0 <= member < self.members:
+            raise ModelError(f"member must be in [0, {self.members}), got {member}.")
+        state = self._state if self.members == 1 else {k: v[member] for k, v in self._state.items()}
         net = self._new_network(self.n_bands_in, self.n_bands_out)
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in self._state.items()})
+        net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
         return net.eval().to(_resolve_device(self.device))
 
     def _check_fitted(self) -> None:
@@ -721,9 +819,11 @@ class SpectraLift:
 
     def _train(self, inputs: np.ndarray, target: np.ndarray, dev: torch.device,
                progress: Progress | None) -> tuple[dict[str, np.ndarray], list[float]]:
-        """Full-batch training of a freshly initialised network; returns its weights and the loss per step."""
-        generator = torch.Generator().manual_seed(self.seed)
-        net = self._new_network(inputs.shape[1], target.shape[1], generator).to(dev).train()
+        """Full-batch training of a freshly initialised network (or :attr:`members` networks side by side); returns
+        its weights (with a leading member axis for an ensemble) and the loss per step (the members' mean)."""
+        seeds = [self.seed + k * MEMBER_SEED_STRIDE for k in range(self.members)]
+        nets = [self._new_network(inputs.shape[1], target.shape[1], torch.Generator().manual_seed(s)) for s in seeds]
+        net = (nets[0] if self.members == 1 else SpectraLiftMembers(nets)).to(dev).train()
         x = torch.from_numpy(inputs.astype(np.float32)).to(dev)
         y = torch.from_numpy(target.astype(np.float32)).to(dev)
 
@@ -733,32 +833,28 @@ class SpectraLift:
         # Kept on the device, one transfer at the end. Preallocated: appending one small tensor per step pinned the
         # freed per-step buffers in the C heap (RSS grew ~0.6 MB per step at 2048 sampled px: +1.6 GB per fit).
         losses = torch.empty(self.steps, device=dev)
-        sampler = None
+        samplers = jitters = None
         if self.max_train_pixels is not None and inputs.shape[0] > self.max_train_pixels:
-            sampler = _StratifiedSampler(inputs, self.max_train_pixels, self.seed)
-        jitter = None
+            samplers = [_StratifiedSampler(inputs, self.max_train_pixels, s) for s in seeds]
         if self.brightness_jitter > 0:
-            jitter = torch.Generator().manual_seed(self.seed + 0x7A11)  # its own stream: init stays as without
+            jitters = [torch.Generator().manual_seed(s + 0x7A11) for s in seeds]  # own streams: init stays as without
         n_snapshots = int(round(self.snapshot_fraction * self.steps))
         snapshot_sum = torch.zeros_like(optimizer.flat) if n_snapshots > 0 else None
         if progress is not None:
             progress(0, self.steps, "train")
         for step, step_size in enumerate(step_sizes, start=1):
             optimizer.zero_grad()
-            if sampler is None and jitter is None:
+            if samplers is None and jitters is None and self.members == 1:
                 loss = _MeanAbsoluteError.apply(net(x), y)
             else:
-                xb, yb = x, y
-                if sampler is not None:
-                    index = torch.from_numpy(sampler.draw()).to(dev)
-                    xb, yb = x.index_select(0, index), y.index_select(0, index)
-                if jitter is not None:
-                    scale = torch.empty(xb.shape[0], 1).uniform_(1.0 - self.brightness_jitter,
-                                                                 1.0 + self.brightness_jitter, generator=jitter)
-                    scale = scale.to(dev)
-                    xb, yb = xb * scale, yb * scale
-                loss = _MeanAbsoluteError.apply(net(xb), yb)
-            loss.backward()
+                batches = [self._training_batch(x, y, dev, samplers[k] if samplers else None,
+                                                jitters[k] if jitters else None) for k in range(self.members)]
+                if self.members == 1:
+                    loss = _MeanAbsoluteError.apply(net(batches[0][0]), batches[0][1])
+                else:  # the mean over the members' (equal-sized) batches, times K: each member's own gradient
+                    loss = _MeanAbsoluteError.apply(net(torch.stack([b[0] for b in batches])),
+                                                    torch.stack([b[1] for b in batches]))
+            (loss if self.members == 1 else loss * self.members).backward()
             optimizer.step(step_size)
             if snapshot_sum is not None and step > self.steps - n_snapshots:
                 snapshot_sum.add_(optimizer.flat)
@@ -772,6 +868,21 @@ class SpectraLift:
         history = losses.cpu().tolist()
         state = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
         return state, history
+
+    def _training_batch(self, x: torch.Tensor, y: torch.Tensor, dev: torch.device,
+                        sampler: _StratifiedSampler | None, jitter: torch.Generator | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step's (inputs, targets): the sampler's draw (or every pixel), each pair scaled by its own jitter."""
+        xb, yb = x, y
+        if sampler is not None:
+            index = torch.from_numpy(sampler.draw()).to(dev)
+            xb, yb = x.index_select(0, index), y.index_select(0, index)
+        if jitter is not None:
+            scale = torch.empty(xb.shape[0], 1).uniform_(1.0 - self.brightness_jitter,
+                                                         1.0 + self.brightness_jitter, generator=jitter)
+            scale = scale.to(dev)
+            xb, yb = xb * scale, yb * scale
+        return xb, yb
 
     # ------------------------------------------------------------------ predict
     def predict(self, hr_msi: np.ndarray, progress: Progress | None = None, *, ratio: float | None = None,
@@ -897,5 +1008,6 @@ class SpectraLift:
         state.setdefault("nonnegative", False)  # models pickled before these recipe settings existed
         state.setdefault("msi_update", False)
         state.setdefault("_folded_output", None)
+        state.setdefault("members", 1)
         self.__dict__.update(state)
 
