@@ -185,8 +185,11 @@ class GeoliftFusion:
     consistency step was applied or refused by its blur-model check) that HyperBench writes into its CSV row.
     """
 
-    def __init__(self, preset: str | None, seed: int, steps: int, members: int = 1):
+    def __init__(self, preset: str | None, seed: int, steps: int, members: int = 1, batched_members: int = 1):
+        """``members``: separate fits averaged (``--ensemble``); ``batched_members``: SpectraLift's ``members``,
+        one fit of that many networks side by side (``--members``)."""
         self.preset, self.seed, self.steps, self.members = preset, seed, steps, members
+        self.batched_members = batched_members
 
     def __call__(self, lr_hsi, hr_msi, srf=None, psf=None, metadata=None):
         import warnings
@@ -201,7 +204,7 @@ class GeoliftFusion:
             warnings.simplefilter("always")
             for member in range(self.members):  # --ensemble: the average of independent fits (a probe)
                 model = SpectraLift(preset=self.preset, seed=self.seed + 1000 * member, steps=self.steps,
-                                    num_threads=1)
+                                    num_threads=1, members=self.batched_members)
                 model.fit(np.ascontiguousarray(lr_hsi.transpose(2, 0, 1)), np.asarray(srf, dtype=np.float64))
                 fits.append(model.predict(np.ascontiguousarray(hr_msi.transpose(2, 0, 1)), ratio=ratio))
                 seconds += model.fit_seconds
@@ -239,7 +242,8 @@ def run_unit(unit: dict) -> list[dict]:
         output_csv_path=str(Path(unit["run_dir"]) / f"{name}.csv"),
     )
     members = unit["ensemble"] if unit["label"] == "default" else 1
-    adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], unit["steps"], members),
+    batched = unit["members"] if unit["label"] == "default" else 1
+    adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], unit["steps"], members, batched),
                                  name=f"geolift-{unit['label']}")
     results = hb.run_benchmark(adapter, config, log_level=logging.WARNING)
     return [dict(row, preset=unit["label"], geolift_seed=unit["seed"]) for row in results.rows]
@@ -314,15 +318,17 @@ def worker_main(args: argparse.Namespace) -> int:
     units = [dict(label=label, seed=seed, bands=bands, families=families, ratios=args.ratios, sigma=args.sigma,
                   radius=args.radius, snr=args.snr, spectral_snr=args.spectral_snr, hb_seed=args.hb_seed,
                   steps=args.steps, srf=args.srf, scene=str(scene), run_dir=str(run_dir),
-                  wavelengths=wavelengths.tolist(), fwhm=fwhm.tolist(), ensemble=args.ensemble)
+                  wavelengths=wavelengths.tolist(), fwhm=fwhm.tolist(), ensemble=args.ensemble,
+                  members=args.members)
              for bands in args.bands for seed in args.seeds for label in PRESETS]
     n_cases = len(families) * len(args.ratios) * len(args.bands)
     print(f"HyperBench cases: {n_cases} ({len(families)} PSF families {', '.join(families)}; sigma {args.sigma:g} HR "
           f"px, kernel {2 * args.radius + 1} x {2 * args.radius + 1}; ratios {args.ratios}; MSI bands {args.bands}, "
           f"SRF {args.srf}; SNR {args.snr:g} dB spatial, {args.spectral_snr:g} dB spectral, noise seed "
           f"{args.hb_seed}); geolift seeds {args.seeds}, {args.steps} steps"
-          f"{f', default = average of {args.ensemble} fits' if args.ensemble > 1 else ''}; {len(units)} HyperBench "
-          f"runs on "
+          f"{f', default = average of {args.ensemble} fits' if args.ensemble > 1 else ''}"
+          f"{f', default with members={args.members} (one batched fit)' if args.members > 1 else ''}; "
+          f"{len(units)} HyperBench runs on "
           f"{args.jobs} process(es); output in {run_dir}", flush=True)
 
     rows: list[dict] = []
@@ -364,6 +370,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ensemble", type=int, default=1,
                         help="a probe: the default preset's output as the average of this many fits (seeds s, "
                              "s + 1000, ...); the faithful preset stays one fit")
+    parser.add_argument("--members", type=int, default=1,
+                        help="the default preset with SpectraLift(members=K): K networks trained side by side as one "
+                             "batched fit, their outputs averaged; the faithful preset stays one network")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.seeds is None:
