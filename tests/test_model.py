@@ -11,6 +11,7 @@ from helpers import box_response
 
 from geolift.errors import GeoliftError, ModelError
 from geolift.model import (  # internals checked against their references
+    MEMBER_SEED_STRIDE,
     PRESETS,
     ExactNetwork,
     SpectraLift,
@@ -670,3 +671,66 @@ def test_msi_update_folded_into_the_output_layer_is_the_update_and_exact_per_pix
         assert torch.equal(updated(x[order]), whole[:, order])
         for a, b in [(0, 1), (3, 4), (10, 77), (250, 500)]:
             assert torch.equal(updated(x[a:b]), whole[:, a:b])
+
+
+# ---------------------------------------------------------------- ensembles: members trained side by side
+def test_members_are_the_independent_fits_their_seeds_give(scene):
+    """Member k of members=2 trains as a single fit with seed + k * stride would: its own initialisation, pixel
+    sample and brightness jitter (10 steps, so the batched products' rounding has not yet grown)."""
+    cube, R, _ = scene
+    common = dict(steps=10, consistency=False, max_train_pixels=100, brightness_jitter=0.25)
+    ensemble = SpectraLift(seed=2, members=2, **common).fit(cube, R)
+    singles = [SpectraLift(seed=2 + k * MEMBER_SEED_STRIDE, **common).fit(cube, R) for k in range(2)]
+    for name, stacked in ensemble._state.items():
+        assert stacked.shape == (2, *singles[0]._state[name].shape)
+        for k, single in enumerate(singles):
+            np.testing.assert_allclose(stacked[k], single._state[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert not np.allclose(ensemble._state["layer1.weight"][0], ensemble._state["layer1.weight"][1])
+    np.testing.assert_allclose(ensemble.history, np.mean([s.history for s in singles], axis=0), rtol=1e-4)
+    member = ensemble.network(member=1)
+    torch.testing.assert_close(member.layer3.weight.detach(), torch.from_numpy(singles[1]._state["layer3.weight"]),
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.reproducible
+def test_ensemble_network_is_the_members_mean_and_exact_per_pixel():
+    """The ensemble's exact network gives the mean of its members' outputs (to float32 rounding), with and without
+    the folded MSI update, and a pixel's bits do not depend on the rest of the call."""
+    nets = [SpectraLiftMLP(4, 30, generator=torch.Generator().manual_seed(s)) for s in (3, 8)]
+    states = [{k: v.detach().numpy().copy() for k, v in net.state_dict().items()} for net in nets]
+    stacked = {k: np.stack([s[k] for s in states]) for k in states[0]}
+    rng = np.random.default_rng(7)
+    R, G = rng.uniform(0, 0.1, (4, 30)), rng.normal(0, 1, (30, 4))
+    x = torch.rand(500, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.inference_mode():
+        for folded in (False, True):
+            def output(state, folded=folded):
+                return ExactNetwork(state, output_layer=fold_msi_update(state, R, G) if folded else None)
+
+            mean = sum(output(state)(x).numpy().astype(np.float64) for state in states) / 2
+            ensemble = output(stacked)
+            whole = ensemble(x)
+            np.testing.assert_allclose(whole.numpy(), mean, rtol=0, atol=2e-5)  # as the update test
+            assert np.abs(output(states[0])(x).numpy() - mean).max() > 1e-2  # the members differ
+            order = torch.randperm(500, generator=torch.Generator().manual_seed(5))
+            assert torch.equal(ensemble(x[order]), whole[:, order])
+            for a, b in [(0, 1), (3, 4), (10, 77), (250, 500)]:
+                assert torch.equal(ensemble(x[a:b]), whole[:, a:b])
+
+
+def test_ensemble_predicts_pickles_and_says_what_it_is(scene):
+    cube, R, _ = scene
+    msi = msi_of(cube, R)
+    model = SpectraLift(steps=200, seed=1, members=3).fit(cube, R)
+    single = SpectraLift(steps=200, seed=1).fit(cube, R)
+    got = model.predict(msi, consistency=False)
+    assert got.shape == cube.shape and np.all(np.isfinite(got))
+    assert float(np.abs(got - cube).mean()) < 2 * float(np.abs(single.predict(msi, consistency=False) - cube).mean())
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(msi, consistency=False), got)
+    with pytest.raises(ModelError, match="ensemble of 3 networks"):
+        model.network()
+    with pytest.raises(ModelError, match="member must be in"):
+        model.network(member=3)
+    with pytest.raises(ModelError, match="members must be at least 1"):
+        SpectraLift(members=0)
+    assert PRESETS["spectralift"]["members"] == 1  # the faithful recipe stays one network
