@@ -69,6 +69,9 @@ Progress = Callable[[int, int, str], None]
 #: HyperBench's zoo (benchmarks/hyperbench_zoo.py) +1.18 / +1.23 / +1.31 dB with its radial sinc case, where the
 #: consistency step was then refused and the output was the network's alone, at +0.02 / -0.08 / -0.15 dB: 0.25 is
 #: kept. (That case now gets the step with a free-form kernel, +1.57 dB: geolift.refine.estimate_psf_central.)
+#: Both presets train one network (``members=1``): two members (:class:`SpectraLiftMembers`) gave HyperBench's zoo
+#: +1.59 dB against +1.43 over the faithful preset, for 2.03 x the training and 1.7 x the network's inference on a
+#: 2-core CPU (docs/benchmarks.md, "Stop 27").
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,
@@ -605,6 +608,8 @@ class SpectraLift:
     step (:mod:`geolift.refine`): then :meth:`fit` keeps a reference to the LR-HSI and :meth:`predict` corrects the
     network's output with it, exactly as ``geolift fuse`` does for the same arrays, so every entry point gives the
     same result. The faithful ``spectralift`` preset has no such step: its prediction is the network's alone.
+    ``members`` > 1 trains that many networks side by side and predicts their mean (:class:`SpectraLiftMembers`,
+    :class:`ExactNetwork`); member k is the fit seed ``seed + k * MEMBER_SEED_STRIDE`` would give.
     """
 
     def __init__(self, *, steps: int | None = None, hidden: int | None = None, lr_initial: float | None = None,
