@@ -223,42 +223,27 @@ class SpectraLiftMLP(nn.Module):
                 layer.bias.zero_()
 
 
-class _StackedLinear(nn.Module):
-    """K independent dense layers applied to K stacks of pixels in one batched product: (K, n, in) -> (K, n, out)."""
-
-    def __init__(self, layers: list[nn.Linear]):
-        super().__init__()
-        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))  # (K, out, in)
-        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))  # (K, out)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2))
-
-
 class SpectraLiftMembers(nn.Module):
-    """K :class:`SpectraLiftMLP` networks trained as one: every layer is one batched product over the members.
+    """K :class:`SpectraLiftMLP` networks trained as one: one forward pass, one loss, one optimiser step for all.
 
-    The members share nothing but the products' calls: member k's weights, gradients and Adam moments are its own,
-    so training the stack is training K independent networks, at one step's overhead instead of K (what matters on
-    the small LR grids where a step costs little arithmetic). Its ``state_dict`` has SpectraLiftMLP's keys with a
-    leading member axis.
+    The members share nothing but the step: member k's weights, gradients and Adam moments are its own, and the
+    loss is the sum of the members' own losses, so training them together is training K independent networks with
+    one step's bookkeeping. Each layer is a product per member: torch's batched product (``baddbmm``) over the
+    members cost 2.3-2.7 x the separate products' time on a CPU at these sizes (docs/benchmarks.md, "Stop 27").
     """
 
     def __init__(self, members: list[SpectraLiftMLP]):
         super().__init__()
-        for name in ExactNetwork.LAYERS:
-            setattr(self, name, _StackedLinear([getattr(member, name) for member in members]))
+        self.members = nn.ModuleList(members)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(K, n, m) MSI spectra, one stack per member -> (K, n, C)."""
-        def act(layer: _StackedLinear, h: torch.Tensor) -> torch.Tensor:
-            return F.leaky_relu(layer(h), LEAKY_SLOPE)
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The K members' (n, m) MSI spectra -> their (n, C) predictions."""
+        return [member(x) for x, member in zip(xs, self.members)]
 
-        x1 = act(self.layer1, x)
-        x = act(self.layer2, x1) + x1
-        x = act(self.layer4, act(self.layer3, x)) + x
-        x = act(self.layer6, act(self.layer5, x)) + x
-        return self.output_layer(x)
+    def stacked_state(self) -> dict[str, np.ndarray]:
+        """SpectraLiftMLP's state keys, each with a leading member axis."""
+        states = [member.state_dict() for member in self.members]
+        return {k: torch.stack([s[k] for s in states]).detach().cpu().numpy() for k in states[0]}
 
 
 class ExactNetwork:
@@ -856,14 +841,14 @@ class SpectraLift:
                                                 jitters[k] if jitters else None) for k in range(self.members)]
                 if self.members == 1:
                     loss = _MeanAbsoluteError.apply(net(batches[0][0]), batches[0][1])
-                else:  # the mean over the members' (equal-sized) batches, times K: each member's own gradient
-                    loss = _MeanAbsoluteError.apply(net(torch.stack([b[0] for b in batches])),
-                                                    torch.stack([b[1] for b in batches]))
-            (loss if self.members == 1 else loss * self.members).backward()
+                else:  # the sum of the members' own losses: each member gets its own gradient
+                    predictions = net([b[0] for b in batches])
+                    loss = sum(_MeanAbsoluteError.apply(p, b[1]) for p, b in zip(predictions, batches))
+            loss.backward()
             optimizer.step(step_size)
             if snapshot_sum is not None and step > self.steps - n_snapshots:
                 snapshot_sum.add_(optimizer.flat)
-            losses[step - 1] = loss.detach()
+            losses[step - 1] = loss.detach() / self.members
             if progress is not None and (step % report_every == 0 or step == self.steps):
                 progress(step, self.steps, "train")
 
@@ -871,7 +856,10 @@ class SpectraLift:
             with torch.no_grad():
                 optimizer.flat.copy_(snapshot_sum / n_snapshots)  # the parameters are views of this buffer
         history = losses.cpu().tolist()
-        state = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        if self.members == 1:
+            state = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        else:
+            state = net.stacked_state()
         return state, history
 
     def _training_batch(self, x: torch.Tensor, y: torch.Tensor, dev: torch.device,

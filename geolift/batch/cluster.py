@@ -14,6 +14,8 @@ from geolift.fuse import usable_cores
 
 __all__ = ["dashboard_link", "dask_client", "default_worker_count", "start_local_cluster"]
 
+log = logging.getLogger("geolift")
+
 
 def default_worker_count(torch_threads: int = 1) -> int:
     """One single-threaded worker process per ``torch_threads`` usable cores (at least one)."""
@@ -97,8 +99,22 @@ def dashboard_link(client) -> str | None:
         services = client.scheduler_info().get("services", {})
     except Exception:  # noqa: BLE001 - no dashboard is not an error
         return None
-    if "dashboard" not in services:
-        return None
-    if getattr(client, "cluster", None) is not None and not _has_bokeh():
-        return None  # a local scheduler without bokeh serves only a "bokeh is missing" page
+    if "dashboard" not in services or not _scheduler_has_bokeh(client):
+        return None  # the scheduler's HTTP server without bokeh serves only a "bokeh is missing" page
     return client.dashboard_link
+
+
+def _scheduler_has_bokeh(client) -> bool:
+    """Whether the scheduler's own environment has a bokeh its distributed accepts. Its HTTP server is registered
+    as the "dashboard" service with or without bokeh, and an existing scheduler (``--scheduler``) may run in
+    another environment than geolift's, so it is asked (distributed's version query, no code shipped to it)."""
+    from distributed.versions import BOKEH_REQUIREMENT
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    try:
+        version = client.get_versions(check=False, packages=["bokeh"])["scheduler"]["packages"].get("bokeh")
+        return version is not None and Version(version) in Requirement(str(BOKEH_REQUIREMENT)).specifier
+    except Exception as exc:  # noqa: BLE001 - no dashboard is not an error
+        log.debug("Could not tell whether the scheduler serves the Dask dashboard: %s", exc)
+        return False
