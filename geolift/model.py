@@ -223,27 +223,54 @@ class SpectraLiftMLP(nn.Module):
                 layer.bias.zero_()
 
 
+class _StackedLinear(nn.Module):
+    """K independent dense layers on K stacks of pixels in one batched product: (K, n, in) -> (K, n, out)."""
+
+    def __init__(self, layers: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))  # (K, out, in)
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))  # (K, out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2))
+
+
 class SpectraLiftMembers(nn.Module):
     """K :class:`SpectraLiftMLP` networks trained as one: one forward pass, one loss, one optimiser step for all.
 
     The members share nothing but the step: member k's weights, gradients and Adam moments are its own, and the
     loss is the sum of the members' own losses, so training them together is training K independent networks with
-    one step's bookkeeping. Each layer is a product per member: torch's batched product (``baddbmm``) over the
-    members cost 2.3-2.7 x the separate products' time on a CPU at these sizes (docs/benchmarks.md, "Stop 27").
+    one step's bookkeeping. The 64-wide hidden layers are one batched product over the members (as fast as K
+    products, with one call's overhead); the output layer is a product per member, since the batched product's
+    weight gradient for C ~ 200 bands cost up to 1.6 x the separate products' on a CPU (docs/benchmarks.md).
     """
+
+    _HIDDEN = ("layer1", "layer2", "layer3", "layer4", "layer5", "layer6")
 
     def __init__(self, members: list[SpectraLiftMLP]):
         super().__init__()
-        self.members = nn.ModuleList(members)
+        for name in self._HIDDEN:
+            setattr(self, name, _StackedLinear([getattr(member, name) for member in members]))
+        self.outputs = nn.ModuleList([member.output_layer for member in members])
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The K members' (n, m) MSI spectra -> their (n, C) predictions."""
-        return [member(x) for x, member in zip(xs, self.members)]
+        """The K members' (n, m) MSI spectra (equal n) -> their (n, C) predictions."""
+        def act(layer: _StackedLinear, h: torch.Tensor) -> torch.Tensor:
+            return F.leaky_relu(layer(h), LEAKY_SLOPE)
+
+        x = torch.stack(xs)
+        x1 = act(self.layer1, x)
+        x = act(self.layer2, x1) + x1
+        x = act(self.layer4, act(self.layer3, x)) + x
+        x = act(self.layer6, act(self.layer5, x)) + x
+        return [output(h) for output, h in zip(self.outputs, x)]
 
     def stacked_state(self) -> dict[str, np.ndarray]:
         """SpectraLiftMLP's state keys, each with a leading member axis."""
-        states = [member.state_dict() for member in self.members]
-        return {k: torch.stack([s[k] for s in states]).detach().cpu().numpy() for k in states[0]}
+        state = {f"{name}.{p}": getattr(getattr(self, name), p) for name in self._HIDDEN for p in ("weight", "bias")}
+        for p in ("weight", "bias"):
+            state[f"output_layer.{p}"] = torch.stack([getattr(output, p) for output in self.outputs])
+        return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
 
 
 class ExactNetwork:
