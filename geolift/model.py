@@ -184,6 +184,15 @@ def learning_rate_schedule(steps: int, lr_initial: float, lr_max: float, lr_fina
     return np.where(step < up, rising, falling)
 
 
+def _residual_wiring(net: nn.Module, x: torch.Tensor, act: Callable) -> torch.Tensor:
+    """The reference's hidden layers: ``x1 = L1(x); x = L2(x1) + x1; x = L4(L3(x)) + x; x = L6(L5(x)) + x``, with
+    ``act(layer, h)`` one activated layer of ``net`` (one network, or all members stacked)."""
+    x1 = act(net.layer1, x)
+    x = act(net.layer2, x1) + x1
+    x = act(net.layer4, act(net.layer3, x)) + x
+    return act(net.layer6, act(net.layer5, x)) + x
+
+
 class SpectraLiftMLP(nn.Module):
     """The reference per-pixel network: (n, m) MSI spectra -> (n, C) HSI spectra."""
 
@@ -205,10 +214,7 @@ class SpectraLiftMLP(nn.Module):
         def act(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
             return F.leaky_relu(layer(h), LEAKY_SLOPE)
 
-        x1 = act(self.layer1, x)
-        x = act(self.layer2, x1) + x1
-        x = act(self.layer4, act(self.layer3, x)) + x
-        return act(self.layer6, act(self.layer5, x)) + x
+        return _residual_wiring(self, x, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_layer(self.features(x))
@@ -258,12 +264,7 @@ class SpectraLiftMembers(nn.Module):
         def act(layer: _StackedLinear, h: torch.Tensor) -> torch.Tensor:
             return F.leaky_relu(layer(h), LEAKY_SLOPE)
 
-        x = torch.stack(xs)
-        x1 = act(self.layer1, x)
-        x = act(self.layer2, x1) + x1
-        x = act(self.layer4, act(self.layer3, x)) + x
-        x = act(self.layer6, act(self.layer5, x)) + x
-        return [output(h) for output, h in zip(self.outputs, x)]
+        return [output(h) for output, h in zip(self.outputs, _residual_wiring(self, torch.stack(xs), act))]
 
     def stacked_state(self) -> dict[str, np.ndarray]:
         """SpectraLiftMLP's state keys, each with a leading member axis."""
