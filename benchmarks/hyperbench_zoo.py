@@ -243,7 +243,8 @@ def run_unit(unit: dict) -> list[dict]:
     )
     members = unit["ensemble"] if unit["label"] == "default" else 1
     batched = unit["members"] if unit["label"] == "default" else 1
-    adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], unit["steps"], members, batched),
+    steps = unit["default_steps"] if unit["label"] == "default" else unit["steps"]
+    adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], steps, members, batched),
                                  name=f"geolift-{unit['label']}")
     results = hb.run_benchmark(adapter, config, log_level=logging.WARNING)
     return [dict(row, preset=unit["label"], geolift_seed=unit["seed"]) for row in results.rows]
@@ -319,13 +320,14 @@ def worker_main(args: argparse.Namespace) -> int:
                   radius=args.radius, snr=args.snr, spectral_snr=args.spectral_snr, hb_seed=args.hb_seed,
                   steps=args.steps, srf=args.srf, scene=str(scene), run_dir=str(run_dir),
                   wavelengths=wavelengths.tolist(), fwhm=fwhm.tolist(), ensemble=args.ensemble,
-                  members=args.members)
+                  members=args.members, default_steps=args.default_steps)
              for bands in args.bands for seed in args.seeds for label in PRESETS]
     n_cases = len(families) * len(args.ratios) * len(args.bands)
     print(f"HyperBench cases: {n_cases} ({len(families)} PSF families {', '.join(families)}; sigma {args.sigma:g} HR "
           f"px, kernel {2 * args.radius + 1} x {2 * args.radius + 1}; ratios {args.ratios}; MSI bands {args.bands}, "
           f"SRF {args.srf}; SNR {args.snr:g} dB spatial, {args.spectral_snr:g} dB spectral, noise seed "
           f"{args.hb_seed}); geolift seeds {args.seeds}, {args.steps} steps"
+          f"{f' (the default {args.default_steps})' if args.default_steps != args.steps else ''}"
           f"{f', default = average of {args.ensemble} fits' if args.ensemble > 1 else ''}"
           f"{f', default with members={args.members} (one batched fit)' if args.members > 1 else ''}; "
           f"{len(units)} HyperBench runs on "
@@ -373,11 +375,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=1,
                         help="the default preset with SpectraLift(members=K): K networks trained side by side as one "
                              "batched fit, their outputs averaged; the faithful preset stays one network")
+    parser.add_argument("--default-steps", type=int, default=None,
+                        help="training steps of the default preset's fit only (default: --steps), e.g. to give an "
+                             "ensemble (--members) the training time of one network")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
     args.steps = args.steps or (300 if args.quick else 2500)
+    args.default_steps = args.default_steps or args.steps
     args.bands = args.bands or ([4] if args.quick else [4, 8])
     return args
 

@@ -119,8 +119,7 @@ def assess(hsi_source, msi_source, options: fuse.FuseOptions | None = None,
         if method == "bicubic":
             predictions[method] = evaluate.bicubic_upsample(lr, (rows, cols))
             continue
-        model = SpectraLift(preset=method, seed=options.seed, device=options.device,
-                            **({"steps": options.steps} if options.steps else {}))
+        model = SpectraLift(preset=method, seed=options.seed, device=options.device, **fuse.model_overrides(options))
         with torch_threads(options.torch_threads):
             predictions[method] = model.fit(lr, R).predict(msi, ratio=factor)  # with the recipe's consistency step
         log.info("Assess: %s fused.", method)

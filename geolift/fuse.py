@@ -100,6 +100,7 @@ class FuseOptions:
     resolution: float | None = None  # the MSI grid's pixel size (e.g. 20 for Sentinel-2's 20 m); None: its finest
     preset: str = DEFAULT_PRESET  # "geolift" (sampled training + consistency step); "spectralift": the paper's
     steps: int | None = None  # None: the preset's
+    members: int | None = None  # networks trained side by side, their outputs averaged; None: the preset's (1)
     seed: int = 0
     device: str = "cpu"
     align: bool = True  # estimate and correct the residual shift
@@ -175,6 +176,12 @@ class FuseReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def model_overrides(options: FuseOptions) -> dict[str, int]:
+    """The model settings a user gave over the preset's (``steps``, ``members``), as :class:`SpectraLift` keywords;
+    one place, so ``fuse``, ``batch`` and ``assess`` build the same model from the same options."""
+    return {name: value for name in ("steps", "members") if (value := getattr(options, name)) is not None}
 
 
 def default_output_path(hsi_source: PathLike | Sequence[PathLike], folder: PathLike | None = None) -> Path:
@@ -496,8 +503,7 @@ def prepare_fusion(
     options = options or FuseOptions()
     # Built first: a preset, step count or device it refuses (CUDA asked for on a CPU-only machine) stops the run
     # before any scene is read.
-    model = SpectraLift(preset=options.preset, seed=options.seed, device=options.device,
-                        **({"steps": options.steps} if options.steps else {}))
+    model = SpectraLift(preset=options.preset, seed=options.seed, device=options.device, **model_overrides(options))
     pair = observe_pair(hsi_source, msi_source, options, progress)
     hsi, msi, response, report = pair.hsi, pair.msi, pair.response, pair.report
     band_indices, hsi_grid, hsi_valid, ov = pair.band_indices, pair.hsi_grid, pair.hsi_valid, pair.output

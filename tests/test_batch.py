@@ -27,7 +27,7 @@ from distributed import Client, get_task_stream
 from helpers import read_potsdam_cube, write_tif
 from typer.testing import CliRunner
 
-from geolift import evaluate, srf
+from geolift import evaluate, fuse, srf
 from geolift.batch import (
     BatchJob,
     BatchSettings,
@@ -224,6 +224,13 @@ def test_manifest_output_column_and_boolean_options(tmp_path):
     assert second.output == "/abs/second.tif" and second.options.align is True
 
 
+def test_manifest_members_column_sets_the_ensemble_per_job(tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", ["h1.tif,m1.tif,2", "h2.tif,m2.tif,"], header="hsi,msi,members")
+    ensemble, default = read_manifest(manifest, tmp_path / "out", FuseOptions(members=3))
+    assert (ensemble.options.members, default.options.members) == (2, 3)  # an empty cell keeps the batch's value
+    assert fuse.model_overrides(ensemble.options) == {"members": 2}
+
+
 @pytest.mark.parametrize("content, expected", [
     ("hsi,sensor\na.tif,sentinel2\n", "no 'msi' column"),
     ("", "is empty"),
@@ -238,6 +245,7 @@ def test_manifest_output_column_and_boolean_options(tmp_path):
     ("hsi,msi,harmonize\na.tif,b.tif,maybe\n", "line 2: column 'harmonize' must be true or false"),
     ("hsi,msi\nx/a.tif,b.tif\ny/a.tif,c.tif\n", "line 3: writes the same output"),
     ("hsi,msi,tile_size\na.tif,b.tif,100\n", "multiple of 16"),
+    ("hsi,msi,members\na.tif,b.tif,0\n", "line 2: column 'members' must be at least 1"),
     ("hsi,msi\nsftp://host/a.tif,b.tif\n", "line 2: Unsupported URL scheme 'sftp'"),
 ])
 def test_manifest_mistakes_raise_batch_error_with_the_line(tmp_path, content, expected):

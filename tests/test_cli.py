@@ -347,6 +347,30 @@ def test_wald_case_through_the_cli_matches_the_library(wald, tmp_path):
     assert cli_sam < evaluate.sam(wald.gt, bicubic)
 
 
+def test_members_option_fuses_the_libraries_ensemble(wald, tmp_path):
+    # --members reaches the model as SpectraLift(members=...) does: the same ensemble as the library's, recorded in
+    # the output's parameters; clearly not the single network's result.
+    out = tmp_path / "ensemble.tif"
+    run = run_geolift(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "--steps", 60, "--members", 2,
+                       "--dtype", "float32", "-o", out, "--progress", "none"])
+    assert run.exit_code == 0, run.stderr
+    with rasterio.open(out) as ds:
+        fused = ds.read()
+        parameters = json.loads(ds.tags()["geolift_parameters"])
+    assert parameters["members"] == 2
+    grid = refine.GridPair(wald.hr_transform, wald.gt.shape[1:], wald.lr_transform, wald.lr_hsi.shape[1:])
+    ensemble, single = (SpectraLift(preset=parameters["preset"], steps=60, members=k, seed=0).fit(wald.lr_hsi, wald.R)
+                        .predict(wald.hr_msi, grid=grid) for k in (2, 1))
+    tolerance = 1e-3 * float(np.nanmax(wald.lr_hsi))
+    assert np.abs(fused - ensemble).max() < tolerance
+    assert np.abs(fused - single).mean() > tolerance  # on average, not only somewhere: the option took effect
+
+    refused = run_geolift(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "--members", 0, "-o",
+                           tmp_path / "none.tif", "--progress", "none"])
+    assert refused.exit_code == 2 and "--members" in refused.stderr
+    assert not (tmp_path / "none.tif").exists()
+
+
 def test_single_band_files_fuse_with_band_names_from_file_names(wald, write_raster, tmp_path):
     # As Sentinel-2 archives ship them: one file per band, B08 here at half the resolution of the others.
     files = []

@@ -93,8 +93,8 @@ def test_parse_line_classifies_progress_error_and_log_lines():
 
 def test_fuse_arguments_follow_the_cli_contract():
     args = runner.fuse_arguments(
-        "h.tif", "m.tif", "o.tif", sensor="sentinel2a", bands=" B2, B3 ,B4,B8 ", steps=300, seed=7, harmonize=True,
-        drop_uncovered=True,
+        "h.tif", "m.tif", "o.tif", sensor="sentinel2a", bands=" B2, B3 ,B4,B8 ", steps=300, members=2, seed=7,
+        harmonize=True, drop_uncovered=True,
     )
     assert args[:3] == ["fuse", "h.tif", "m.tif"]
     assert args[args.index("--output") + 1] == "o.tif"
@@ -103,11 +103,13 @@ def test_fuse_arguments_follow_the_cli_contract():
     assert args[args.index("--sensor") + 1] == "sentinel2a"
     assert args[args.index("--bands") + 1] == "B2,B3,B4,B8"
     assert args[args.index("--steps") + 1] == "300" and args[args.index("--seed") + 1] == "7"
+    assert args[args.index("--members") + 1] == "2"
     with_qa = runner.fuse_arguments("h.tif", "m.tif", "o.tif", qa="o_qa.tif")
     assert with_qa[with_qa.index("--qa") + 1] == "o_qa.tif"
     assert "--cog" in runner.fuse_arguments("h.tif", "m.tif", "o.tif", cog=True)
     from_metadata = runner.fuse_arguments("h.tif", "m.tif", "o.tif", sensor=runner.FROM_METADATA, bands="")
-    assert not {"--sensor", "--bands", "--steps", "--harmonize", "--drop-uncovered", "--cog"} & set(from_metadata)
+    assert not {"--sensor", "--bands", "--steps", "--members", "--harmonize", "--drop-uncovered", "--cog"} & set(
+        from_metadata)
 
 
 def test_sensor_choices_put_metadata_first():
@@ -398,8 +400,8 @@ def test_qgis_process_loads_provider_and_lists_the_algorithm(tmp_path):
 
     helped = qgis_process(tmp_path, "help", "geolift:fuse")
     assert helped.returncode == 0, helped.stderr
-    for name in ("HSI", "MSI", "SENSOR", "BANDS", "STEPS", "SEED", "DEVICE", "HARMONIZE", "DROP_UNCOVERED", "COG",
-                 "OUTPUT"):
+    for name in ("HSI", "MSI", "SENSOR", "BANDS", "STEPS", "MEMBERS", "SEED", "DEVICE", "HARMONIZE",
+                 "DROP_UNCOVERED", "COG", "OUTPUT"):
         assert f"\n{name}: " in helped.stdout
     assert "0: from MSI metadata" in helped.stdout and ": sentinel2a" in helped.stdout
 
@@ -416,7 +418,7 @@ def test_qgis_shows_progress_and_passes_arguments_to_a_stub_geolift(tmp_path):
     output = tmp_path / "out.tif"
     done = qgis_process(
         tmp_path, "run", "geolift:fuse", "--", f"HSI={HSI}", f"MSI={MSI}", "SENSOR=sentinel2a", "BANDS=B2,B3,B4,B8",
-        "STEPS=300", "SEED=3", "COG=true", f"OUTPUT={output}",
+        "STEPS=300", "MEMBERS=2", "SEED=3", "COG=true", f"OUTPUT={output}",
     )
     assert done.returncode == 0, done.stdout + done.stderr
     # QGIS's console feedback draws the progress we parsed: ticks up to 100.
@@ -424,7 +426,7 @@ def test_qgis_shows_progress_and_passes_arguments_to_a_stub_geolift(tmp_path):
     assert "geolift: read" in done.stdout and "geolift: train" in done.stdout  # stages as progress text
     assert (
         f"geolift: args fuse {HSI} {MSI} --output {output} --overwrite --progress plain --sensor sentinel2a "
-        "--bands B2,B3,B4,B8 --steps 300 --seed 3 --cog" in done.stdout
+        "--bands B2,B3,B4,B8 --steps 300 --members 2 --seed 3 --cog" in done.stdout
     )
     assert "geolift: warning: WorldView-3 band B1 (78% covered)" in done.stdout + done.stderr  # a QGIS warning
     assert output.read_bytes() == HSI.read_bytes()

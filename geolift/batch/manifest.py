@@ -22,7 +22,7 @@ __all__ = ["MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "read_manifest"]
 #: Columns a manifest may have. ``hsi`` and ``msi`` are required; the others override the
 #: batch-wide options for one job (an empty cell keeps the batch-wide value).
 MANIFEST_COLUMNS = (
-    "hsi", "msi", "sensor", "bands", "output", "srf", "steps", "seed", "preset", "harmonize", "align",
+    "hsi", "msi", "sensor", "bands", "output", "srf", "steps", "members", "seed", "preset", "harmonize", "align",
     "drop_uncovered", "dtype", "compress", "tile_size", "device", "overlap", "resolution",
 )
 REQUIRED_COLUMNS = ("hsi", "msi")
@@ -89,6 +89,8 @@ def _row_options(row: dict[str, str], defaults: FuseOptions, base: Path) -> Fuse
             changes["srf_path"] = gdal_path(value, base)
         elif column == "steps":
             changes["steps"] = _parse_int(value, column, minimum=1)
+        elif column == "members":
+            changes["members"] = _parse_int(value, column, minimum=1)
         elif column == "seed":
             changes["seed"] = _parse_int(value, column)
         elif column == "tile_size":

@@ -65,6 +65,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
     BANDS = "BANDS"
     SRF_FILE = "SRF_FILE"
     STEPS = "STEPS"
+    MEMBERS = "MEMBERS"
     SEED = "SEED"
     DEVICE = "DEVICE"
     HARMONIZE = "HARMONIZE"
@@ -116,6 +117,15 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterNumber(
                 self.STEPS,
                 "Training steps (empty: geolift's default)",
+                type=QgsProcessingParameterNumber.Integer,
+                minValue=1,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MEMBERS,
+                "Networks averaged, an ensemble (empty: geolift's default, 1; 2 takes about twice as long)",
                 type=QgsProcessingParameterNumber.Integer,
                 minValue=1,
                 optional=True,
@@ -192,6 +202,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
             srf_file=self.parameterAsFile(parameters, self.SRF_FILE, context) or None,
             bands=self.parameterAsString(parameters, self.BANDS, context),
             steps=self._optional_int(parameters, self.STEPS, context),
+            members=self._optional_int(parameters, self.MEMBERS, context),
             seed=self._optional_int(parameters, self.SEED, context),
             device=device or None,
             harmonize=self.parameterAsBoolean(parameters, self.HARMONIZE, context),

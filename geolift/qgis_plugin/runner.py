@@ -202,6 +202,7 @@ def fuse_arguments(
     srf_file: str | None = None,
     bands: str | None = None,
     steps: int | None = None,
+    members: int | None = None,
     seed: int | None = None,
     device: str | None = None,
     harmonize: bool = False,
@@ -221,6 +222,8 @@ def fuse_arguments(
         args += ["--bands", ",".join(part.strip() for part in bands.split(",") if part.strip())]
     if steps is not None:
         args += ["--steps", str(int(steps))]
+    if members is not None:
+        args += ["--members", str(int(members))]
     if seed is not None:
         args += ["--seed", str(int(seed))]
     if device:
