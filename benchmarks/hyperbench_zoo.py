@@ -261,13 +261,13 @@ def summarise(rows: list[dict], families: list[str]) -> tuple[list[str], int]:
             continue
         key = (row["downsampling_ratio"], row["msi_band_count"], row["psf_name"])
         entry = cases.setdefault(key, {"faithful": [], "default": [], "steps": set()})
-        entry[row["preset"]].append((row["PSNR"], row["SAM"]))
+        entry[row["preset"]].append((float(row["PSNR"]), float(row["SAM"])))
         if row["preset"] == "default":
             entry["steps"].add(row["consistency_step"])
 
     lines = [f"{'ratio':>5} {'bands':>5}  {'PSF':<12}{'PSNR faith':>11}{'PSNR def':>9}{'d - f':>7}"
              f"{'SAM faith':>10}{'SAM def':>8}  consistency step"]
-    diffs, sam_diffs, labels = [], [], []
+    diffs, sam_diffs, sam_changes, labels = [], [], [], []
     order = {name: i for i, name in enumerate(families)}
     for key in sorted(cases, key=lambda k: (k[1], k[0], order.get(k[2], 99))):
         entry = cases[key]
@@ -276,6 +276,7 @@ def summarise(rows: list[dict], families: list[str]) -> tuple[list[str], int]:
         (pf, sf), (pd, sd) = (np.mean(entry[p], axis=0) for p in ("faithful", "default"))
         diffs.append(pd - pf)
         sam_diffs.append(sd - sf)
+        sam_changes.append(100.0 * (sd / sf - 1.0))
         labels.append(key)
         lines.append(f"{key[0]:>5} {key[1]:>5}  {key[2]:<12}{pf:>11.2f}{pd:>9.2f}{pd - pf:>+7.2f}{sf:>10.2f}{sd:>8.2f}"
                      f"  {'/'.join(sorted(entry['steps']))}")
@@ -293,10 +294,28 @@ def summarise(rows: list[dict], families: list[str]) -> tuple[list[str], int]:
             ordered = sorted(means.items(), key=lambda item: order.get(item[0], item[0]) if position == 2 else item[0])
             lines.append(f"mean default - faithful PSNR by {what}: "
                          + ", ".join(f"{k}: {np.mean(v):+.3f} dB" for k, v in ordered))
+        lines += targets(rows, diffs_arr, float(np.mean(sam_changes)))
     for row in failed:
         lines.append(f"FAILED {row.get('preset')} seed {row.get('geolift_seed')} ratio {row.get('downsampling_ratio')}"
                      f" bands {row.get('msi_band_count')} {row.get('psf_name')}: {row.get('error')}")
     return lines, len(failed)
+
+
+def targets(rows: list[dict], diffs, mean_sam_change: float) -> list[str]:
+    """Issue 16's targets on the zoo, each with its verdict: mean PSNR gain >= +1.5 dB, SAM (the mean of the
+    per-case relative changes) >= 15 % lower, no case below -0.1 dB, the default's training <= 2 x the faithful
+    preset's (HyperBench's CSV keeps each fit's time as ``geolift_fit_seconds``)."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    fit = {label: sum(float(r["geolift_fit_seconds"]) for r in rows
+                      if r.get("status") == "success" and r["preset"] == label) for label in PRESETS}
+    ratio = fit["default"] / fit["faithful"] if fit["faithful"] > 0 else float("nan")
+    return [f"targets: mean dPSNR {diffs.mean():+.2f} dB (>= +1.50: {verdict(diffs.mean() >= 1.5)}); "
+            f"mean dSAM {mean_sam_change:+.1f} % (<= -15 %: {verdict(mean_sam_change <= -15.0)}); "
+            f"worst {diffs.min():+.2f} dB (>= -0.10: {verdict(diffs.min() >= -0.1)})",
+            f"training summed over the fits: faithful {fit['faithful']:.0f} s, default {fit['default']:.0f} s "
+            f"({ratio:.2f} x; <= 2 x: {verdict(ratio <= 2.0)})"]
 
 
 def worker_main(args: argparse.Namespace) -> int:

@@ -71,12 +71,16 @@ Progress = Callable[[int, int, str], None]
 #: kept. (That case now gets the step with a free-form kernel, +1.57 dB: geolift.refine.estimate_psf_central.)
 #: Both presets train one network (``members=1``): two members (:class:`SpectraLiftMembers`) gave HyperBench's zoo
 #: +1.59 dB against +1.43 over the faithful preset, for 2.03 x the training and 1.7 x the network's inference on a
-#: 2-core CPU (docs/benchmarks.md, "Stop 27").
+#: 2-core CPU (docs/benchmarks.md, "Stop 27"). The default trains half the paper's steps, 1250: on scenes of a few
+#: hundred to a few thousand LR pixels the longer schedule fits the LR-HSI's noise, which the consistency step then
+#: cannot undo. benchmarks/broad.py (24 cases, 3 seeds): 2500 / 1250 steps +1.80 / +1.97 dB, SAM -15.4 / -16.3 %,
+#: worst case +0.76 / +0.85 dB; HyperBench's zoo, seed 0: +1.55 / +2.15 dB, 600 steps +2.04 dB (docs/benchmarks.md,
+#: "Stop 28").
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,
                         nonnegative=False, msi_update=False, members=1),
-    "geolift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
+    "geolift": dict(steps=1250, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                     max_train_pixels=2048, consistency=True, brightness_jitter=0.25, snapshot_fraction=0.2,
                     nonnegative=True, msi_update=True, members=1),
 }

@@ -498,7 +498,8 @@ def test_presets_name_their_recipes():
     assert faithful.max_train_pixels is None and faithful.consistency is False
     improved = SpectraLift(preset="geolift")
     assert improved.max_train_pixels == 2048 and improved.consistency is True
-    assert (improved.steps, improved.hidden, improved.lr_max) == (2500, 64, 1e-2)
+    assert (faithful.steps, faithful.hidden, faithful.lr_max) == (2500, 64, 1e-2)  # the paper's
+    assert (improved.steps, improved.hidden, improved.lr_max) == (1250, 64, 1e-2)  # half: see PRESETS
     assert SpectraLift(preset="geolift", steps=10, max_train_pixels=None).steps == 10  # explicit values win
     with pytest.raises(ModelError, match="max_train_pixels"):
         SpectraLift(max_train_pixels=0)
