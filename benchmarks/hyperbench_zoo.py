@@ -37,7 +37,10 @@ repository, non-editable, built from a temporary copy of its sources (a build in
 ``*.egg-info`` into the repository). geolift is reinstalled there (``--no-deps``) whenever its sources change, so
 the run always measures the working tree. The script then re-runs itself with ``--worker`` in that environment.
 
-    python benchmarks/hyperbench_zoo.py [--quick] [--seeds 0 1 2] [--steps 2500] [--jobs 2] [--srf hyperbench]
+    python benchmarks/hyperbench_zoo.py [--quick] [--seeds 0 1 2] [--steps N] [--jobs 2] [--srf hyperbench]
+
+Training steps: each preset's own (the faithful 2500, the default 1250) unless ``--steps`` sets both or
+``--default-steps`` the default's.
 
 ``--quick``: 6 cases (gaussian, sinc, gabor at ratios 4 and 8, 4 bands), seed 0, 300 steps - a set-up check.
 Results: a table per case (means over the seeds), a summary, and HyperBench's own CSV rows under ``--out``.
@@ -185,7 +188,7 @@ class GeoliftFusion:
     consistency step was applied or refused by its blur-model check) that HyperBench writes into its CSV row.
     """
 
-    def __init__(self, preset: str | None, seed: int, steps: int, members: int = 1, batched_members: int = 1):
+    def __init__(self, preset: str | None, seed: int, steps: int | None, members: int = 1, batched_members: int = 1):
         """``members``: separate fits averaged (``--ensemble``); ``batched_members``: SpectraLift's ``members``,
         one fit of that many networks side by side (``--members``)."""
         self.preset, self.seed, self.steps, self.members = preset, seed, steps, members
@@ -345,8 +348,8 @@ def worker_main(args: argparse.Namespace) -> int:
     print(f"HyperBench cases: {n_cases} ({len(families)} PSF families {', '.join(families)}; sigma {args.sigma:g} HR "
           f"px, kernel {2 * args.radius + 1} x {2 * args.radius + 1}; ratios {args.ratios}; MSI bands {args.bands}, "
           f"SRF {args.srf}; SNR {args.snr:g} dB spatial, {args.spectral_snr:g} dB spectral, noise seed "
-          f"{args.hb_seed}); geolift seeds {args.seeds}, {args.steps} steps"
-          f"{f' (the default {args.default_steps})' if args.default_steps != args.steps else ''}"
+          f"{args.hb_seed}); geolift seeds {args.seeds}, steps: faithful {args.steps or 'its preset'}, default "
+          f"{args.default_steps or 'its preset'}"
           f"{f', default = average of {args.ensemble} fits' if args.ensemble > 1 else ''}"
           f"{f', default with members={args.members} (one batched fit)' if args.members > 1 else ''}; "
           f"{len(units)} HyperBench runs on "
@@ -374,7 +377,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 cases, 1 seed, 300 steps: a set-up check")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="geolift seeds (default 0 1 2)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per fit (default 2500)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of every fit (default: each preset's own, 2500 and 1250)")
     parser.add_argument("--jobs", type=int, default=2, help="HyperBench runs in parallel (one core each)")
     parser.add_argument("--srf", choices=("hyperbench", "sentinel2a"), default="hyperbench",
                         help="HyperBench's built-in MSI bands, or Sentinel-2A on the cube's real wavelengths")
@@ -401,7 +405,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
-    args.steps = args.steps or (300 if args.quick else 2500)
+    args.steps = args.steps or (300 if args.quick else None)  # None: each preset's own
     args.default_steps = args.default_steps or args.steps
     args.bands = args.bands or ([4] if args.quick else [4, 8])
     return args
