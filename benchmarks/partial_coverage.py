@@ -66,7 +66,8 @@ def fuse(lr: np.ndarray, msi: np.ndarray, R: np.ndarray, seed: int, steps: int) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per case (42, 43, ...)")
-    parser.add_argument("--steps", type=int, default=2500, help="training steps (2500, as docs/benchmarks.md's figures were made)")
+    parser.add_argument("--steps", type=int, default=2500,
+                        help="training steps (2500, as docs/benchmarks.md's figures were made)")
     parser.add_argument("--markdown", type=Path, help="also write the table into this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
