@@ -347,7 +347,7 @@ def test_wald_case_through_the_cli_matches_the_library(wald, tmp_path):
     assert cli_sam < evaluate.sam(wald.gt, bicubic)
 
 
-def test_members_option_fuses_the_libraries_ensemble(wald, tmp_path):
+def test_members_option_fuses_the_library_ensemble(wald, tmp_path):
     # --members reaches the model as SpectraLift(members=...) does: the same ensemble as the library's, recorded in
     # the output's parameters; clearly not the single network's result.
     out = tmp_path / "ensemble.tif"

@@ -57,7 +57,7 @@ class PairChoices:
     members: Annotated[Optional[int], typer.Option(
         "--members", min=1,
         help="Networks trained side by side, their outputs averaged (an ensemble; default: the preset's, 1). "
-        "2 is sharper (about +0.2 dB on HyperBench) but trains and predicts about twice as long.")] = None
+        "2 is sharper (about +0.15 dB on HyperBench) but trains and predicts about twice as long.")] = None
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")] = 0
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu"
     no_align: Annotated[bool, typer.Option(
