@@ -188,11 +188,13 @@ class GeoliftFusion:
     consistency step was applied or refused by its blur-model check) that HyperBench writes into its CSV row.
     """
 
-    def __init__(self, preset: str | None, seed: int, steps: int | None, members: int = 1, batched_members: int = 1):
+    def __init__(self, preset: str | None, seed: int, steps: int | None, members: int = 1, batched_members: int = 1,
+                 options: dict | None = None):
         """``members``: separate fits averaged (``--ensemble``); ``batched_members``: SpectraLift's ``members``,
         one fit of that many networks side by side (``--members``)."""
         self.preset, self.seed, self.steps, self.members = preset, seed, steps, members
         self.batched_members = batched_members
+        self.options = dict(options or {})
 
     def __call__(self, lr_hsi, hr_msi, srf=None, psf=None, metadata=None):
         import warnings
@@ -207,7 +209,7 @@ class GeoliftFusion:
             warnings.simplefilter("always")
             for member in range(self.members):  # --ensemble: the average of independent fits (a probe)
                 model = SpectraLift(preset=self.preset, seed=self.seed + 1000 * member, steps=self.steps,
-                                    num_threads=1, members=self.batched_members)
+                                    num_threads=1, members=self.batched_members, **self.options)
                 model.fit(np.ascontiguousarray(lr_hsi.transpose(2, 0, 1)), np.asarray(srf, dtype=np.float64))
                 fits.append(model.predict(np.ascontiguousarray(hr_msi.transpose(2, 0, 1)), ratio=ratio))
                 seconds += model.fit_seconds
@@ -217,6 +219,31 @@ class GeoliftFusion:
         else:
             step = "refused" if any(REFUSED in str(w.message) for w in caught) else "applied"
         return fused.transpose(1, 2, 0), {"geolift_fit_seconds": seconds, "consistency_step": step}
+
+
+def earlier_faithful_rows(path: Path, seeds: list[int]) -> list[dict]:
+    """The faithful preset's rows of an earlier run's ``all_rows.csv`` for ``seeds`` (``--reuse-faithful``)."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = [row for row in csv.DictReader(f)
+                if row.get("preset") == "faithful" and int(row["geolift_seed"]) in seeds]
+    if not rows:
+        raise SystemExit(f"{path} has no faithful rows for seeds {seeds}.")
+    for row in rows:
+        row["downsampling_ratio"], row["msi_band_count"] = int(row["downsampling_ratio"]), int(row["msi_band_count"])
+    return rows
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value), the value read as an int, a float, or else kept as text."""
+    key, _, value = text.partition("=")
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def run_unit(unit: dict) -> list[dict]:
@@ -247,7 +274,8 @@ def run_unit(unit: dict) -> list[dict]:
     members = unit["ensemble"] if unit["label"] == "default" else 1
     batched = unit["members"] if unit["label"] == "default" else 1
     steps = unit["default_steps"] if unit["label"] == "default" else unit["steps"]
-    adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], steps, members, batched),
+    options = unit["default_options"] if unit["label"] == "default" else {}
+    adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], steps, members, batched, options),
                                  name=f"geolift-{unit['label']}")
     results = hb.run_benchmark(adapter, config, log_level=logging.WARNING)
     return [dict(row, preset=unit["label"], geolift_seed=unit["seed"]) for row in results.rows]
@@ -342,8 +370,10 @@ def worker_main(args: argparse.Namespace) -> int:
                   radius=args.radius, snr=args.snr, spectral_snr=args.spectral_snr, hb_seed=args.hb_seed,
                   steps=args.steps, srf=args.srf, scene=str(scene), run_dir=str(run_dir),
                   wavelengths=wavelengths.tolist(), fwhm=fwhm.tolist(), ensemble=args.ensemble,
-                  members=args.members, default_steps=args.default_steps)
-             for bands in args.bands for seed in args.seeds for label in PRESETS]
+                  members=args.members, default_steps=args.default_steps,
+                  default_options=dict(_option(text) for text in args.default_option))
+             for bands in args.bands for seed in args.seeds for label in PRESETS
+             if not (args.reuse_faithful and label == "faithful")]
     n_cases = len(families) * len(args.ratios) * len(args.bands)
     print(f"HyperBench cases: {n_cases} ({len(families)} PSF families {', '.join(families)}; sigma {args.sigma:g} HR "
           f"px, kernel {2 * args.radius + 1} x {2 * args.radius + 1}; ratios {args.ratios}; MSI bands {args.bands}, "
@@ -363,6 +393,9 @@ def worker_main(args: argparse.Namespace) -> int:
             print(f"  done: {unit['label']} seed {unit['seed']} {unit['bands']} bands "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     hb.BenchmarkResults(rows=rows).to_csv(run_dir / "all_rows.csv")
+    if args.reuse_faithful:
+        rows.extend(earlier_faithful_rows(args.reuse_faithful, args.seeds))
+        print(f"faithful rows taken from {args.reuse_faithful}")
 
     lines, n_failed = summarise(rows, families)
     print()
@@ -401,6 +434,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--default-steps", type=int, default=None,
                         help="training steps of the default preset's fit only (default: --steps), e.g. to give an "
                              "ensemble (--members) the training time of one network")
+    parser.add_argument("--default-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a SpectraLift argument for the default's fit only, e.g. members=2 (repeatable)")
+    parser.add_argument("--reuse-faithful", type=Path, default=None, metavar="ALL_ROWS_CSV",
+                        help="a screen: run the default only and take the faithful rows (same seeds and cases) from "
+                             "an earlier run's all_rows.csv, whose faithful preset must be the same code")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.seeds is None:

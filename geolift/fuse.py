@@ -72,7 +72,7 @@ from geolift.errors import (
 from geolift.grid import Grid
 from geolift.io import Encoding, HSIWriter, OutputBands, Scene, check_output_path, open_scene
 from geolift.io.products.common import product_identity
-from geolift.model import DEFAULT_PRESET, SpectraLift, torch_threads
+from geolift.model import DEFAULT_PRESET, SpectraLift, distillation_stride, torch_threads
 from geolift.pipeline import pipelined
 from geolift.scratch import NetworkScratch, scratch_prefix
 
@@ -512,22 +512,23 @@ def prepare_fusion(
 
     # lr_hsi is already NaN wherever a band is (nodata is NaN, hsi_valid = all bands finite): no masked copy.
     report.training_pixels = int(hsi_valid.sum())
-    log.info("Training on %d LR pixels (%s preset, %d steps, seed %d, %s).",
-             report.training_pixels, model.preset, model.steps, options.seed, options.device)
-    started = time.perf_counter()
-    with torch_threads(options.torch_threads):
-        model.fit(lr_hsi, response.matrix, progress=progress, keep_lr_hsi=False)  # pass 1 below, window by window
-    report.train_seconds = time.perf_counter() - started
-    report.output_range = model.output_range
-    log.info("Trained in %.1f s (final L1 loss %.4g).", report.train_seconds,
-             model.history[-1] if len(model.history) else math.nan)
-
     plan = FusionPlan(
         hsi=hsi, msi=msi, msi_band_indices=band_indices, response=response.matrix,
         hsi_grid=hsi_grid, hsi_valid=hsi_valid, output=ov, model=model,
         agreement=agreement if options.harmonize else None, report=report, options=options,
         novelty=qa.NoveltyIndex(synthetic[:, hsi_valid].T, seed=options.seed),
     )
+    log.info("Training on %d LR pixels (%s preset, %d steps, seed %d, %s).",
+             report.training_pixels, model.preset, model.steps, options.seed, options.device)
+    started = time.perf_counter()
+    student_pixels = distillation_sample(plan) if model.distills else None
+    with torch_threads(options.torch_threads):
+        model.fit(lr_hsi, response.matrix, progress=progress, keep_lr_hsi=False,  # pass 1 below, window by window
+                  hr_pixels=student_pixels)
+    report.train_seconds = time.perf_counter() - started
+    report.output_range = model.output_range
+    log.info("Trained in %.1f s (final L1 loss %.4g).", report.train_seconds,
+             model.history[-1] if len(model.history) else math.nan)
     if model.consistency:
         with torch_threads(options.torch_threads):
             observation = observe_low_res(plan, lr_hsi)
@@ -540,6 +541,24 @@ def prepare_fusion(
     else:
         report.refine_note = f"the {model.preset} preset does not include the consistency step"
     return plan
+
+
+def distillation_sample(plan: FusionPlan) -> np.ndarray:
+    """The (n, m) model inputs on the output grid's :func:`geolift.model.distillation_stride` grid, the pixels an
+    ensemble's student learns from: what ``SpectraLift.predict`` takes from the same array (the model's input is
+    harmonised and NaN outside the HSI footprint, as the network sees it). Reads the MSI once, in strips of rows."""
+    height, width = plan.grid.height, plan.grid.width
+    step = distillation_stride(height, width)
+    rows = []
+    for top in range(0, height, _SAMPLE_STRIP_ROWS):
+        strip = plan.model_input(Window(0, top, width, min(_SAMPLE_STRIP_ROWS, height - top)))
+        first = -(-top // step) * step - top  # the strip's first row on the grid
+        rows.append(strip[:, first::step, ::step])
+    sample = np.concatenate(rows, axis=1)
+    return sample.reshape(sample.shape[0], -1).T
+
+
+_SAMPLE_STRIP_ROWS = 256  # rows of the MSI read at a time for the student's sample
 
 
 #: The smallest output tile pass 2 reads from the scratch: it reads whole strips of pass 1's 512-px windows, so a

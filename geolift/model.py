@@ -20,6 +20,7 @@ Faithful settings taken from the reference (the ``"spectralift"`` preset):
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -69,20 +70,21 @@ Progress = Callable[[int, int, str], None]
 #: HyperBench's zoo (benchmarks/hyperbench_zoo.py) +1.18 / +1.23 / +1.31 dB with its radial sinc case, where the
 #: consistency step was then refused and the output was the network's alone, at +0.02 / -0.08 / -0.15 dB: 0.25 is
 #: kept. (That case now gets the step with a free-form kernel, +1.57 dB: geolift.refine.estimate_psf_central.)
-#: Both presets train one network (``members=1``): two members (:class:`SpectraLiftMembers`) gave HyperBench's zoo
-#: +1.59 dB against +1.43 over the faithful preset, for 2.03 x the training and 1.7 x the network's inference on a
-#: 2-core CPU (docs/benchmarks.md, "Stop 27"). The default trains half the paper's steps, 1250: on scenes of a few
-#: hundred to a few thousand LR pixels the longer schedule fits the LR-HSI's noise, which the consistency step then
-#: cannot undo. benchmarks/broad.py (24 cases, 3 seeds): 2500 / 1250 steps +1.80 / +1.97 dB, SAM -15.4 / -16.3 %,
-#: worst case +0.76 / +0.85 dB; HyperBench's zoo, seed 0: +1.55 / +2.15 dB, 600 steps +2.04 dB (docs/benchmarks.md,
-#: "Stop 28").
+#: The default trains three networks side by side (``members``, :class:`SpectraLiftMembers`) for 833 steps each, a
+#: third of the paper's 2500: on scenes of a few hundred to a few thousand LR pixels a long schedule fits the
+#: LR-HSI's noise, and the members' mean averages away what each fitted of it (HyperBench's zoo, seed 0, against the
+#: faithful preset: one network of 2500 / 1250 steps +1.55 / +2.15 dB, SAM -7.5 / -10.9 %; three members of 833 steps
+#: +2.37 dB, SAM -15.2 %; docs/benchmarks.md, "Stop 28"). Running three networks would triple the inference, so one
+#: student network then learns their mean on the LR pairs and on the HR-MSI's own pixels, for ``distill`` = 0.36 of
+#: the steps (300), starting from member 0 (:meth:`SpectraLift._train_student`; the same zoo: +2.34 dB, SAM -14.3 %,
+#: with one network's inference; "Stop 29").
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,
-                        nonnegative=False, msi_update=False, members=1),
-    "geolift": dict(steps=1250, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
+                        nonnegative=False, msi_update=False, members=1, distill=0.0),
+    "geolift": dict(steps=833, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                     max_train_pixels=2048, consistency=True, brightness_jitter=0.25, snapshot_fraction=0.2,
-                    nonnegative=True, msi_update=True, members=1),
+                    nonnegative=True, msi_update=True, members=3, distill=0.36),
 }
 
 #: The preset ``SpectraLift()`` uses when none is named.
@@ -100,6 +102,17 @@ ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-7  # Keras Adam defaults t
 #: Member k of an ensemble (``members``) is initialised, sampled and jittered as a single fit with seed
 #: ``seed + k * MEMBER_SEED_STRIDE`` would be: member 0 is the single fit with ``seed``.
 MEMBER_SEED_STRIDE = 1000
+
+#: HR-MSI pixels an ensemble's one-network student is trained on (besides the LR pairs): a regular grid of at most
+#: about this many, every :func:`distillation_stride`-th row and column (see ``SpectraLift(distill=...)``).
+DISTILL_PIXELS = 8192
+
+#: The student starts from member 0's weights and fine-tunes on a one-cycle schedule ten times lower than the
+#: members' (1e-4 -> 1e-3 -> the recipe's final rate), on at most this many sampled pairs per step. On HyperBench's
+#: zoo (seed 0, three members of 833 steps) this kept the members' mean within 0.03 dB with 300 steps, where a fresh
+#: network needed 833 steps of 2048 pairs (docs/benchmarks.md, "Stop 29").
+STUDENT_LEARNING_RATES = (1e-4, 1e-3)
+STUDENT_TRAIN_PIXELS = 1024
 
 #: Pixels per step of inference: the float64 activations of a step (64 wide) and its output (C bands) stay in the
 #: CPU cache. Any value gives the same bits (see :class:`ExactNetwork`); this one is only the fastest measured.
@@ -147,6 +160,24 @@ def msi_update_gain(target: np.ndarray, R: np.ndarray, regularization: float | N
             return None
         weighted = seen + regularization * spread * torch.eye(R.shape[0], dtype=torch.float64)
         return (covariance @ response.T @ torch.linalg.inv(weighted)).numpy()
+
+
+def distillation_stride(height: int, width: int, limit: int = DISTILL_PIXELS) -> int:
+    """The row and column step of the HR pixels an ensemble's student learns from: the smallest step whose grid
+    (rows and columns 0, s, 2s, ...) has at most ``limit`` pixels. The grid depends on the image's shape alone, so
+    ``geolift fuse`` (which reads those rows from the file) and ``SpectraLift.predict`` on the same array train the
+    same student."""
+    step = max(1, math.isqrt(max(height * width // max(limit, 1), 1)))
+    while -(-height // step) * -(-width // step) > limit:
+        step += 1
+    return step
+
+
+def distillation_pixels(hr_msi: np.ndarray) -> np.ndarray:
+    """The (n, m) HR-MSI pixels on the :func:`distillation_stride` grid of an (m, H, W) cube, row by row."""
+    hr_msi = np.asarray(hr_msi)
+    step = distillation_stride(hr_msi.shape[1], hr_msi.shape[2])
+    return hr_msi[:, ::step, ::step].reshape(hr_msi.shape[0], -1).T
 
 
 def averaged_output_layer(state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -636,7 +667,7 @@ class SpectraLift:
                  num_threads: int | None = None, max_train_pixels: int | None | str = "preset",
                  consistency: bool | None = None, brightness_jitter: float | None = None,
                  snapshot_fraction: float | None = None, nonnegative: bool | None = None,
-                 msi_update: bool | None = None, members: int | None = None):
+                 msi_update: bool | None = None, members: int | None = None, distill: float | None = None):
         preset = DEFAULT_PRESET if preset is None else preset
         if preset not in PRESETS:
             raise ModelError(f"Unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}.")
@@ -650,6 +681,7 @@ class SpectraLift:
         brightness_jitter = recipe["brightness_jitter"] if brightness_jitter is None else float(brightness_jitter)
         snapshot_fraction = recipe["snapshot_fraction"] if snapshot_fraction is None else float(snapshot_fraction)
         members = recipe["members"] if members is None else members
+        distill = recipe["distill"] if distill is None else float(distill)
         if not 0.0 <= brightness_jitter < 1.0:
             raise ModelError(f"brightness_jitter must be in [0, 1), got {brightness_jitter}.")
         if not 0.0 <= snapshot_fraction <= 1.0:
@@ -663,6 +695,8 @@ class SpectraLift:
             raise ModelError(f"hidden must be at least 1, got {hidden}.")
         if int(members) < 1:
             raise ModelError(f"members must be at least 1, got {members}.")
+        if not 0.0 <= distill <= 1.0:
+            raise ModelError(f"distill must be in [0, 1] (the student's steps as a share of steps), got {distill}.")
         if not 0.0 <= float(warmup) < 1.0:
             raise ModelError(f"warmup must be in [0, 1), got {warmup}.")
         if min(lr_initial, lr_max, lr_final) < 0:
@@ -694,6 +728,9 @@ class SpectraLift:
         self.msi_update = bool(recipe["msi_update"] if msi_update is None else msi_update)
         #: networks trained side by side (SpectraLiftMembers) whose outputs are averaged; 1: one network
         self.members = int(members)
+        #: the training steps of the one network that learns the ensemble's mean on the HR-MSI's pixels, as a share
+        #: of ``steps`` (0: no student; predict then runs every member)
+        self.distill = float(distill)
         _resolve_device(self.device)  # fail early on an unusable device
 
         # Set by fit().
@@ -709,6 +746,10 @@ class SpectraLift:
         self._folded_output: tuple[np.ndarray, np.ndarray] | None = None  # output layer + MSI update (fold_msi_update)
         self._lr_hsi: np.ndarray | None = None  # what fit() saw, for the consistency step (a reference, no copy)
         self._response: np.ndarray | None = None
+        self.distilled = False  # whether _state is the student of an ensemble (one network)
+        #: (inputs, targets, R): the training pairs and response, kept until the student is trained
+        self._pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._msi_gain: np.ndarray | None = None  # the MSI update's gain, folded again into the student
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -736,6 +777,21 @@ class SpectraLift:
     def is_fitted(self) -> bool:
         return self._state is not None
 
+    @property
+    def distills(self) -> bool:
+        """Whether the recipe trains one network on the ensemble's mean (``members`` > 1 and ``distill`` > 0)."""
+        return self.members > 1 and self.distill > 0
+
+    @property
+    def student_steps(self) -> int:
+        """The student's training steps: ``distill`` of ``steps``, at least one (0 without a student)."""
+        return max(1, round(self.distill * self.steps)) if self.distills else 0
+
+    @property
+    def awaiting_student(self) -> bool:
+        """Fitted, but the student still needs HR-MSI pixels: the first :meth:`predict` call trains it."""
+        return self.is_fitted and self.distills and not self.distilled and self._pairs is not None
+
     def learning_rates(self) -> np.ndarray:
         """The learning rate used at each of the ``steps`` training steps."""
         return learning_rate_schedule(self.steps, self.lr_initial, self.lr_max, self.lr_final, self.warmup)
@@ -747,11 +803,12 @@ class SpectraLift:
         """The fitted torch network (as trained, float32) on the chosen device; with ``members`` > 1, member
         ``member`` of the ensemble (its output is the members' mean, which no one torch network gives)."""
         self._check_fitted()
-        if self.members > 1 and member is None:
-            raise ModelError(f"This model is an ensemble of {self.members} networks; network(member=k) gives one.")
-        if member is not None and not 0 <= member < self.members:
-            raise ModelError(f"member must be in [0, {self.members}), got {member}.")
-        state = self._state if self.members == 1 else {k: v[member] for k, v in self._state.items()}
+        members = 1 if np.ndim(self._state["layer1.weight"]) == 2 else self.members
+        if members > 1 and member is None:
+            raise ModelError(f"This model is an ensemble of {members} networks; network(member=k) gives one.")
+        if member is not None and not 0 <= member < members:
+            raise ModelError(f"member must be in [0, {members}), got {member}.")
+        state = self._state if members == 1 else {k: v[member] for k, v in self._state.items()}
         net = self._new_network(self.n_bands_in, self.n_bands_out)
         net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
         return net.eval().to(_resolve_device(self.device))
@@ -770,12 +827,17 @@ class SpectraLift:
 
     # ------------------------------------------------------------------ fit
     def fit(self, lr_hsi: np.ndarray, R: np.ndarray, progress: Progress | None = None, *,
-            keep_lr_hsi: bool = True) -> SpectraLift:
+            keep_lr_hsi: bool = True, hr_msi: np.ndarray | None = None,
+            hr_pixels: np.ndarray | None = None) -> SpectraLift:
         """Train on an LR-HSI ``(C, h, w)`` and a response matrix ``R`` ``(m, C)``; returns ``self``.
 
         With the consistency step in the recipe, the model keeps a reference to ``lr_hsi`` (no copy) for
         :meth:`predict`; ``keep_lr_hsi=False`` does not (the file pipeline, which runs the step itself window by
         window and frees the cube early).
+
+        A recipe with a student (:attr:`distills`) trains it on the ensemble's mean at HR-MSI pixels: those of
+        ``hr_msi`` (an (m, H, W) cube, the same that will be predicted) on the :func:`distillation_stride` grid,
+        or ``hr_pixels`` ((n, m), already on it); given neither, the first :meth:`predict` call's HR-MSI.
         """
         t0 = time.perf_counter()
         lr_hsi = np.asarray(lr_hsi)
@@ -822,9 +884,10 @@ class SpectraLift:
 
         with torch_threads(self.num_threads):
             self._state, self.history = self._train(inputs, target, dev, progress)
-            gain = msi_update_gain(target, R) if self.msi_update else None
-            self._folded_output = None if gain is None else fold_msi_update(self._state, R, gain)
+            self._msi_gain = msi_update_gain(target, R) if self.msi_update else None
+            self._folded_output = None if self._msi_gain is None else fold_msi_update(self._state, R, self._msi_gain)
         self._net = None
+        self.distilled = False
         self.n_bands_in, self.n_bands_out = int(R.shape[0]), int(n_bands)
         self.data_range = (lo, hi)
         if self.output_range[0] == 0.0 and lo < 0.0:
@@ -834,17 +897,26 @@ class SpectraLift:
         self.n_train_pixels = n_valid
         keep = keep_lr_hsi and self.consistency
         self._lr_hsi, self._response = (lr_hsi, R) if keep else (None, None)
+        self._pairs = None
+        if self.distills:
+            self._pairs = (inputs.astype(np.float32), target.astype(np.float32), R)
+            if hr_msi is not None or hr_pixels is not None:
+                self._train_student(distillation_pixels(hr_msi) if hr_pixels is None else hr_pixels)
         self.fit_seconds = time.perf_counter() - t0
         log.debug("SpectraLift fitted on %d pixels (%d -> %d bands) in %.2f s, final MAE %.5f (scaled units)",
                   n_valid, self.n_bands_in, self.n_bands_out, self.fit_seconds, self.history[-1])
         return self
 
     def _train(self, inputs: np.ndarray, target: np.ndarray, dev: torch.device,
-               progress: Progress | None) -> tuple[dict[str, np.ndarray], list[float]]:
-        """Full-batch training of a freshly initialised network (or :attr:`members` networks side by side); returns
-        its weights (with a leading member axis for an ensemble) and the loss per step (the members' mean)."""
+               progress: Progress | None, start: dict[str, np.ndarray] | None = None
+               ) -> tuple[dict[str, np.ndarray], list[float]]:
+        """Full-batch training of a freshly initialised network (or :attr:`members` networks side by side; or one
+        network from the weights ``start``); returns its weights (with a leading member axis for an ensemble) and
+        the loss per step (the members' mean)."""
         seeds = [self.seed + k * MEMBER_SEED_STRIDE for k in range(self.members)]
         nets = [self._new_network(inputs.shape[1], target.shape[1], torch.Generator().manual_seed(s)) for s in seeds]
+        if start is not None:
+            nets[0].load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in start.items()})
         net = (nets[0] if self.members == 1 else SpectraLiftMembers(nets)).to(dev).train()
         x = torch.from_numpy(inputs.astype(np.float32)).to(dev)
         y = torch.from_numpy(target.astype(np.float32)).to(dev)
@@ -894,6 +966,48 @@ class SpectraLift:
             state = net.stacked_state()
         return state, history
 
+    def _train_student(self, hr_pixels: np.ndarray) -> None:
+        """Replace the ensemble by one network trained on the LR pairs plus the ensemble's mean at ``hr_pixels``
+        ((n, m) in user units; non-finite ones are left out), then fold the MSI update into it again.
+
+        Why: the members' mean is better than any one network (HyperBench's zoo: SAM -10.9 % -> -15.2 % against the
+        faithful preset with three members), but predicting with K networks costs K times the inference. A student
+        that learns the mean where it will be used - the HR-MSI's own pixels, purer and darker than any LR pixel -
+        keeps most of the gain at one network's cost (docs/benchmarks.md, "Stop 29"). The teacher's outputs are
+        exact products (:class:`ExactNetwork`), so they do not depend on how many pixels are sampled.
+        """
+        pixels = np.asarray(hr_pixels, dtype=np.float64)
+        if pixels.ndim != 2 or pixels.shape[1] != self.n_bands_in:
+            raise ModelError(f"HR pixels for the student must be an (n, {self.n_bands_in}) array, got {pixels.shape}.")
+        lo, hi = self.data_range
+        pixels = pixels[np.all(np.isfinite(pixels), axis=1)]
+        inputs, target, R = self._pairs
+        scaled = (pixels - self._msi_offset) / (hi - lo)
+        dev = _resolve_device(self.device)
+        started = time.perf_counter()
+        with torch_threads(self.num_threads), torch.inference_mode():
+            teacher = ExactNetwork(self._state, dev)  # the members' mean, before the MSI update
+            taught = np.empty((teacher.output[0].matrix.shape[0], scaled.shape[0]), np.float32)
+            for a in range(0, scaled.shape[0], _INFERENCE_PIXELS):
+                b = min(scaled.shape[0], a + _INFERENCE_PIXELS)
+                teacher(torch.from_numpy(scaled[a:b]).to(dev), torch.from_numpy(taught[:, a:b]))
+        student = copy.copy(self)  # the recipe's warm-up share, jitter and snapshots, for one network
+        student.members, student.steps = 1, self.student_steps
+        student.lr_initial, student.lr_max = STUDENT_LEARNING_RATES
+        student.max_train_pixels = STUDENT_TRAIN_PIXELS if self.max_train_pixels is None \
+            else min(self.max_train_pixels, STUDENT_TRAIN_PIXELS)
+        student.seed = self.seed + self.members * MEMBER_SEED_STRIDE  # the next member's seed: its sample, jitter
+        first = {name: value[0] for name, value in self._state.items()}
+        with torch_threads(self.num_threads):
+            state, history = student._train(np.concatenate([inputs, scaled]).astype(np.float64),
+                                            np.concatenate([target, taught.T]).astype(np.float64), dev, None,
+                                            start=first)
+        self._state, self.history = state, self.history + history
+        self._folded_output = None if self._msi_gain is None else fold_msi_update(state, R, self._msi_gain)
+        self._net, self._pairs, self.distilled = None, None, True
+        log.debug("Student of %d members trained on %d LR pairs and %d HR pixels in %.2f s.", self.members,
+                  inputs.shape[0], scaled.shape[0], time.perf_counter() - started)
+
     def _training_batch(self, x: torch.Tensor, y: torch.Tensor, dev: torch.device,
                         sampler: _StratifiedSampler | None, jitter: torch.Generator | None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -920,6 +1034,11 @@ class SpectraLift:
         the LR-HSI's area: ``ratio`` (HR pixels per LR pixel, same origin) follows from the shapes when both axes
         agree, else give it, or ``grid`` (a :class:`geolift.blur.GridPair`) for grids that do not nest.
         """
+        if self.awaiting_student:
+            hr_msi = np.asarray(hr_msi)
+            log.info("Training the ensemble's one-network student on this HR-MSI's pixels (the first predict call's "
+                     "image; pass hr_msi to fit to choose it).")
+            self._train_student(distillation_pixels(hr_msi))
         x0 = self._predict_network(hr_msi, progress)
         wanted = self.consistency if consistency is None else bool(consistency)
         if not wanted:
@@ -976,6 +1095,8 @@ class SpectraLift:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_bands_in:
             raise ModelError(f"Pixels must be an (n, {self.n_bands_in}) array of MSI spectra, got shape {X.shape}.")
+        if self.awaiting_student:  # these pixels stand for the image (at most DISTILL_PIXELS of them, evenly spaced)
+            self._train_student(X[::max(1, -(-X.shape[0] // DISTILL_PIXELS))])
         out = np.empty((X.shape[0], self.n_bands_out), dtype=np.float32)
 
         self._predict_chunks(lambda a, b: X[a:b], lambda a, b: out[a:b].T, X.shape[0], progress)
@@ -1034,5 +1155,9 @@ class SpectraLift:
         state.setdefault("msi_update", False)
         state.setdefault("_folded_output", None)
         state.setdefault("members", 1)
+        state.setdefault("distill", 0.0)
+        state.setdefault("distilled", False)
+        state.setdefault("_pairs", None)
+        state.setdefault("_msi_gain", None)
         self.__dict__.update(state)
 

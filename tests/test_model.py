@@ -11,6 +11,7 @@ from helpers import box_response
 
 from geolift.errors import GeoliftError, ModelError
 from geolift.model import (  # internals checked against their references
+    DISTILL_PIXELS,
     MEMBER_SEED_STRIDE,
     PRESETS,
     ExactNetwork,
@@ -18,6 +19,8 @@ from geolift.model import (  # internals checked against their references
     SpectraLiftMLP,
     _FlatKerasAdam,
     _MeanAbsoluteError,
+    distillation_pixels,
+    distillation_stride,
     fold_msi_update,
     learning_rate_schedule,
     msi_update_gain,
@@ -25,7 +28,7 @@ from geolift.model import (  # internals checked against their references
 
 # The network alone: these tests predict on the training cube's own grid (no super-resolution), and their claims
 # (exactness, determinism, units) are the network's; the consistency step is tested in test_refine/test_api.
-FAST = dict(steps=200, consistency=False)
+FAST = dict(steps=200, consistency=False, members=1)  # one network: the default's ensemble is tested apart
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -313,7 +316,7 @@ def test_msi_scaling_is_exact_for_rows_not_summing_to_one():
     cube, _ = mixing_scene(n_hsi=30, shape=(12, 12), seed=2)
     cube = 1000 + 4000 * cube  # units with a large offset: lo is far from 0
     R = 3.0 * box_response(3, 30)
-    model = SpectraLift(steps=300, consistency=False).fit(cube, R)
+    model = SpectraLift(steps=300, consistency=False, members=1).fit(cube, R)
     lo, hi = model.data_range
     pred = model.predict(msi_of(cube, R).astype(np.float64))
     mae_scaled = np.mean(np.abs(pred - cube)) / (hi - lo)
@@ -499,7 +502,9 @@ def test_presets_name_their_recipes():
     improved = SpectraLift(preset="geolift")
     assert improved.max_train_pixels == 2048 and improved.consistency is True
     assert (faithful.steps, faithful.hidden, faithful.lr_max) == (2500, 64, 1e-2)  # the paper's
-    assert (improved.steps, improved.hidden, improved.lr_max) == (1250, 64, 1e-2)  # half: see PRESETS
+    assert (improved.steps, improved.hidden, improved.lr_max) == (833, 64, 1e-2)  # a third: see PRESETS
+    assert (improved.members, improved.distill, improved.student_steps) == (3, 0.36, 300)  # and a student
+    assert (faithful.members, faithful.distills) == (1, False)
     assert SpectraLift(preset="geolift", steps=10, max_train_pixels=None).steps == 10  # explicit values win
     with pytest.raises(ModelError, match="max_train_pixels"):
         SpectraLift(max_train_pixels=0)
@@ -518,9 +523,9 @@ def test_geolift_preset_is_exactly_full_batch_below_its_sample_cap(scene):
 
 def test_sampled_training_is_deterministic_and_still_learns(scene):
     cube, R, _ = scene
-    a = SpectraLift(steps=300, seed=4, max_train_pixels=64, consistency=False).fit(cube, R)
-    b = SpectraLift(steps=300, seed=4, max_train_pixels=64, consistency=False).fit(cube, R)
-    full = SpectraLift(steps=300, seed=4, max_train_pixels=None, consistency=False).fit(cube, R)
+    a = SpectraLift(steps=300, seed=4, max_train_pixels=64, consistency=False, members=1).fit(cube, R)
+    b = SpectraLift(steps=300, seed=4, max_train_pixels=64, consistency=False, members=1).fit(cube, R)
+    full = SpectraLift(steps=300, seed=4, max_train_pixels=None, consistency=False, members=1).fit(cube, R)
     msi = msi_of(cube, R)
     np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
     assert a.history != full.history  # it really sampled
@@ -550,7 +555,7 @@ def test_stratified_sampler_draws_proportional_quotas_of_every_cluster():
 def test_snapshot_averaging_returns_the_mean_of_the_last_steps_weights(scene):
     """snapshot_fraction=1 over 3 steps must give exactly the mean of the three steps' weights."""
     cube, R, _ = scene
-    common = dict(steps=3, seed=5, max_train_pixels=None, brightness_jitter=0.0)
+    common = dict(steps=3, seed=5, max_train_pixels=None, brightness_jitter=0.0, members=1)
     plain = SpectraLift(**common, snapshot_fraction=0.0)
     averaged = SpectraLift(**common, snapshot_fraction=1.0).fit(cube, R)
     weights = []  # the plain 3-step run, recording the weights after each step
@@ -576,9 +581,9 @@ def test_snapshot_averaging_returns_the_mean_of_the_last_steps_weights(scene):
 def test_brightness_jitter_is_deterministic_changes_training_and_keeps_quality(scene):
     cube, R, _ = scene
     msi = msi_of(cube, R)
-    a = SpectraLift(steps=300, seed=4, brightness_jitter=0.5, snapshot_fraction=0.0, consistency=False).fit(cube, R)
-    b = SpectraLift(steps=300, seed=4, brightness_jitter=0.5, snapshot_fraction=0.0, consistency=False).fit(cube, R)
-    plain = SpectraLift(steps=300, seed=4, brightness_jitter=0.0, snapshot_fraction=0.0, consistency=False).fit(cube, R)
+    a = SpectraLift(steps=300, seed=4, brightness_jitter=0.5, snapshot_fraction=0.0, consistency=False, members=1).fit(cube, R)
+    b = SpectraLift(steps=300, seed=4, brightness_jitter=0.5, snapshot_fraction=0.0, consistency=False, members=1).fit(cube, R)
+    plain = SpectraLift(steps=300, seed=4, brightness_jitter=0.0, snapshot_fraction=0.0, consistency=False, members=1).fit(cube, R)
     np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
     assert a.history != plain.history
     err_jitter = np.mean(np.abs(a.predict(msi) - cube))
@@ -600,7 +605,7 @@ def test_brightness_jitter_keeps_the_shape_of_darker_pixels_than_any_training_pi
 
     jittered = SpectraLift(steps=400, seed=4, brightness_jitter=0.7, snapshot_fraction=0.0,
                            consistency=False).fit(cube, R)
-    plain = SpectraLift(steps=400, seed=4, brightness_jitter=0.0, snapshot_fraction=0.0, consistency=False).fit(cube, R)
+    plain = SpectraLift(steps=400, seed=4, brightness_jitter=0.0, snapshot_fraction=0.0, consistency=False, members=1).fit(cube, R)
     assert mean_angle(jittered) < mean_angle(plain), (mean_angle(jittered), mean_angle(plain))
 
 
@@ -636,7 +641,7 @@ def test_msi_update_makes_purer_pixels_than_any_training_pixel_agree_with_their_
     assert abundances.max() < 0.6
     cube = (abundances @ E).T.reshape(-1, 16, 16).astype(np.float32)
     R = gaussian_response([5, 15, 25, 35], 8, cube.shape[0])
-    common = dict(steps=300, seed=4, consistency=False)
+    common = dict(steps=300, seed=4, consistency=False, members=1)
     updated = SpectraLift(**common).fit(cube, R)
     plain = SpectraLift(**common, msi_update=False).fit(cube, R)
     assert updated.msi_update and not plain.msi_update and not SpectraLift(preset="spectralift").msi_update
@@ -680,8 +685,8 @@ def test_members_are_the_independent_fits_their_seeds_give(scene):
     sample and brightness jitter (10 steps, so the batched products' rounding has not yet grown)."""
     cube, R, _ = scene
     common = dict(steps=10, consistency=False, max_train_pixels=100, brightness_jitter=0.25)
-    ensemble = SpectraLift(seed=2, members=2, **common).fit(cube, R)
-    singles = [SpectraLift(seed=2 + k * MEMBER_SEED_STRIDE, **common).fit(cube, R) for k in range(2)]
+    ensemble = SpectraLift(seed=2, members=2, distill=0.0, **common).fit(cube, R)
+    singles = [SpectraLift(seed=2 + k * MEMBER_SEED_STRIDE, members=1, **common).fit(cube, R) for k in range(2)]
     for name, stacked in ensemble._state.items():
         assert stacked.shape == (2, *singles[0]._state[name].shape)
         for k, single in enumerate(singles):
@@ -722,8 +727,8 @@ def test_ensemble_network_is_the_members_mean_and_exact_per_pixel():
 def test_ensemble_predicts_pickles_and_says_what_it_is(scene):
     cube, R, _ = scene
     msi = msi_of(cube, R)
-    model = SpectraLift(steps=200, seed=1, members=3).fit(cube, R)
-    single = SpectraLift(steps=200, seed=1).fit(cube, R)
+    model = SpectraLift(steps=200, seed=1, members=3, distill=0.0).fit(cube, R)  # no student: every member runs
+    single = SpectraLift(steps=200, seed=1, members=1).fit(cube, R)
     got = model.predict(msi, consistency=False)
     assert got.shape == cube.shape and np.all(np.isfinite(got))
     assert float(np.abs(got - cube).mean()) < 2 * float(np.abs(single.predict(msi, consistency=False) - cube).mean())
@@ -735,3 +740,44 @@ def test_ensemble_predicts_pickles_and_says_what_it_is(scene):
     with pytest.raises(ModelError, match="members must be at least 1"):
         SpectraLift(members=0)
     assert PRESETS["spectralift"]["members"] == 1  # the faithful recipe stays one network
+
+
+# ---------------------------------------------------------------- the ensemble's one-network student
+def test_distillation_grid_depends_on_the_shape_alone_and_keeps_under_its_limit():
+    for height, width in [(64, 128), (100, 100), (3000, 3000), (91, 92), (1, 50000), (7, 5)]:
+        step = distillation_stride(height, width)
+        assert -(-height // step) * -(-width // step) <= DISTILL_PIXELS
+        if step > 1:  # the smallest such step
+            assert -(-height // (step - 1)) * -(-width // (step - 1)) > DISTILL_PIXELS
+    cube = np.arange(2 * 100 * 100, dtype=np.float32).reshape(2, 100, 100)
+    pixels = distillation_pixels(cube)
+    np.testing.assert_array_equal(pixels, cube[:, ::2, ::2].reshape(2, -1).T)
+
+
+def test_student_replaces_the_ensemble_by_one_network_that_keeps_its_quality(scene):
+    """With ``distill`` an ensemble ends as one network, trained on the LR pairs and the members' mean at the
+    HR pixels: one network's inference, about the ensemble's error, and the same student whether the HR-MSI comes
+    to ``fit`` or to the first ``predict``."""
+    cube, R, E = scene
+    rng = np.random.default_rng(11)
+    pure = rng.dirichlet(np.ones(len(E)) * 0.2, size=(32 * 32)) @ E  # purer pixels than the LR scene's mixtures
+    truth = pure.T.reshape(-1, 32, 32).astype(np.float32)
+    msi = msi_of(truth, R)
+    common = dict(steps=150, seed=1, consistency=False)
+    teacher = SpectraLift(members=3, distill=0.0, **common).fit(cube, R)
+    given = SpectraLift(members=3, distill=1.0, **common).fit(cube, R, hr_msi=msi)
+    assert given.distilled and not given.awaiting_student
+    assert np.ndim(given._state["layer1.weight"]) == 2 and given.network().layer1.weight.shape[0] == 64
+    lazy = SpectraLift(members=3, distill=1.0, **common).fit(cube, R)
+    assert lazy.awaiting_student
+    got = lazy.predict(msi)
+    assert lazy.distilled
+    np.testing.assert_array_equal(got, given.predict(msi))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(given)).predict(msi), got)
+    error = float(np.abs(got - truth).mean())
+    assert error < 1.25 * float(np.abs(teacher.predict(msi) - truth).mean())
+    assert np.abs(got - teacher.predict(msi)).max() > 0  # a network of its own, not the teacher
+    assert (given.student_steps, SpectraLift(steps=1000, members=3, distill=0.36).student_steps) == (150, 360)
+    with pytest.raises(ModelError, match="distill must be in"):
+        SpectraLift(distill=-1)
+    assert not SpectraLift(members=1, distill=0.5).distills  # one network has nothing to distil
