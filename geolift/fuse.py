@@ -100,7 +100,7 @@ class FuseOptions:
     resolution: float | None = None  # the MSI grid's pixel size (e.g. 20 for Sentinel-2's 20 m); None: its finest
     preset: str = DEFAULT_PRESET  # "geolift" (sampled training + consistency step); "spectralift": the paper's
     steps: int | None = None  # None: the preset's
-    members: int | None = None  # networks trained side by side, their outputs averaged; None: the preset's (1)
+    members: int | None = None  # networks trained side by side (then their student); None: the preset's (3 / 1)
     seed: int = 0
     device: str = "cpu"
     align: bool = True  # estimate and correct the residual shift
@@ -154,6 +154,7 @@ class FuseReport:
     harmonized: bool = False
     output_range: tuple[float, float] | None = None  # what predictions are clipped to, in the HSI's units
     training_pixels: int = 0
+    student_pixels: int = 0  # HR-MSI pixels the ensemble's student network learned from (0: no student)
     train_seconds: float = 0.0
     write_seconds: float = 0.0
     write_cpu_seconds: float = 0.0  # CPU time of all the process's threads (GDAL's too) over write_seconds
@@ -526,6 +527,10 @@ def prepare_fusion(
         model.fit(lr_hsi, response.matrix, progress=progress, keep_lr_hsi=False,  # pass 1 below, window by window
                   hr_pixels=student_pixels)
     report.train_seconds = time.perf_counter() - started
+    if student_pixels is not None:
+        report.student_pixels = int(np.isfinite(student_pixels).all(axis=1).sum())
+        log.info("The %d networks' mean taught one network on %d of the MSI's pixels; it predicts the output.",
+                 model.members, report.student_pixels)
     report.output_range = model.output_range
     log.info("Trained in %.1f s (final L1 loss %.4g).", report.train_seconds,
              model.history[-1] if len(model.history) else math.nan)

@@ -852,6 +852,9 @@ class SpectraLift:
                              f"R must be (MSI bands, {n_bands}).")
         if not np.all(np.isfinite(R)):
             raise ModelError("The response matrix R contains NaN or infinite values.")
+        if hr_msi is not None and (np.ndim(hr_msi) != 3 or np.shape(hr_msi)[0] != R.shape[0]):
+            raise ModelError(f"hr_msi must be a (bands, rows, cols) array with one band per row of R ({R.shape[0]}), "
+                             f"got shape {np.shape(hr_msi)}.")
         dev = _resolve_device(self.device)
 
         # No float64 copy of the whole scene: the pixels stay in the caller's array ((C, n) view), validity and the
@@ -1034,8 +1037,8 @@ class SpectraLift:
         the LR-HSI's area: ``ratio`` (HR pixels per LR pixel, same origin) follows from the shapes when both axes
         agree, else give it, or ``grid`` (a :class:`geolift.blur.GridPair`) for grids that do not nest.
         """
-        if self.awaiting_student:
-            hr_msi = np.asarray(hr_msi)
+        hr_msi = np.asarray(hr_msi)
+        if self.awaiting_student and hr_msi.ndim == 3 and hr_msi.shape[0] == self.n_bands_in:  # else: the error below
             log.info("Training the ensemble's one-network student on this HR-MSI's pixels (the first predict call's "
                      "image; pass hr_msi to fit to choose it).")
             self._train_student(distillation_pixels(hr_msi))

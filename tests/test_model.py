@@ -581,9 +581,10 @@ def test_snapshot_averaging_returns_the_mean_of_the_last_steps_weights(scene):
 def test_brightness_jitter_is_deterministic_changes_training_and_keeps_quality(scene):
     cube, R, _ = scene
     msi = msi_of(cube, R)
-    a = SpectraLift(steps=300, seed=4, brightness_jitter=0.5, snapshot_fraction=0.0, consistency=False, members=1).fit(cube, R)
-    b = SpectraLift(steps=300, seed=4, brightness_jitter=0.5, snapshot_fraction=0.0, consistency=False, members=1).fit(cube, R)
-    plain = SpectraLift(steps=300, seed=4, brightness_jitter=0.0, snapshot_fraction=0.0, consistency=False, members=1).fit(cube, R)
+    one = dict(steps=300, seed=4, snapshot_fraction=0.0, consistency=False, members=1)
+    a = SpectraLift(brightness_jitter=0.5, **one).fit(cube, R)
+    b = SpectraLift(brightness_jitter=0.5, **one).fit(cube, R)
+    plain = SpectraLift(brightness_jitter=0.0, **one).fit(cube, R)
     np.testing.assert_array_equal(a.predict(msi), b.predict(msi))
     assert a.history != plain.history
     err_jitter = np.mean(np.abs(a.predict(msi) - cube))
@@ -603,9 +604,9 @@ def test_brightness_jitter_keeps_the_shape_of_darker_pixels_than_any_training_pi
         cos = np.sum(pred * truth, 0) / (np.linalg.norm(pred, axis=0) * np.linalg.norm(truth, axis=0) + 1e-12)
         return float(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean())
 
-    jittered = SpectraLift(steps=400, seed=4, brightness_jitter=0.7, snapshot_fraction=0.0,
-                           consistency=False).fit(cube, R)
-    plain = SpectraLift(steps=400, seed=4, brightness_jitter=0.0, snapshot_fraction=0.0, consistency=False, members=1).fit(cube, R)
+    one = dict(steps=400, seed=4, snapshot_fraction=0.0, consistency=False, members=1)
+    jittered = SpectraLift(brightness_jitter=0.7, **one).fit(cube, R)
+    plain = SpectraLift(brightness_jitter=0.0, **one).fit(cube, R)
     assert mean_angle(jittered) < mean_angle(plain), (mean_angle(jittered), mean_angle(plain))
 
 
@@ -781,3 +782,13 @@ def test_student_replaces_the_ensemble_by_one_network_that_keeps_its_quality(sce
     with pytest.raises(ModelError, match="distill must be in"):
         SpectraLift(distill=-1)
     assert not SpectraLift(members=1, distill=0.5).distills  # one network has nothing to distil
+
+
+def test_student_inputs_are_checked(scene):
+    cube, R, _ = scene
+    with pytest.raises(ModelError, match="hr_msi must be a"):
+        SpectraLift(steps=5, members=2, distill=0.5).fit(cube, R, hr_msi=np.zeros((3, 8, 8)))
+    lazy = SpectraLift(steps=5, members=2, distill=0.5).fit(cube, R)
+    with pytest.raises(ModelError, match="must be a \\(bands, rows, cols\\) array"):
+        lazy.predict(np.zeros((4, 8)))
+    assert lazy.awaiting_student  # a refused call trains nothing

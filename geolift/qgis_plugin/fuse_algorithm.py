@@ -125,7 +125,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MEMBERS,
-                "Networks averaged, an ensemble (empty: geolift's default, 1; 2 takes about twice as long)",
+                "Networks trained side by side (empty: the recipe's, 3 for geolift's default; 1: a single network)",
                 type=QgsProcessingParameterNumber.Integer,
                 minValue=1,
                 optional=True,
