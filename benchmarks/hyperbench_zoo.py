@@ -188,7 +188,8 @@ class GeoliftFusion:
     consistency step was applied or refused by its blur-model check) that HyperBench writes into its CSV row.
     """
 
-    def __init__(self, preset: str | None, seed: int, steps: int | None, members: int = 1, batched_members: int = 1,
+    def __init__(self, preset: str | None, seed: int, steps: int | None, members: int = 1,
+                 batched_members: int | None = None,
                  options: dict | None = None):
         """``members``: separate fits averaged (``--ensemble``); ``batched_members``: SpectraLift's ``members``,
         one fit of that many networks side by side (``--members``)."""
@@ -208,10 +209,14 @@ class GeoliftFusion:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for member in range(self.members):  # --ensemble: the average of independent fits (a probe)
+                given = {} if self.batched_members is None else {"members": self.batched_members}
                 model = SpectraLift(preset=self.preset, seed=self.seed + 1000 * member, steps=self.steps,
-                                    num_threads=1, members=self.batched_members, **self.options)
-                model.fit(np.ascontiguousarray(lr_hsi.transpose(2, 0, 1)), np.asarray(srf, dtype=np.float64))
-                fits.append(model.predict(np.ascontiguousarray(hr_msi.transpose(2, 0, 1)), ratio=ratio))
+                                    num_threads=1, **given, **self.options)
+                msi = np.ascontiguousarray(hr_msi.transpose(2, 0, 1))
+                # hr_msi in fit: the default's student network trains there, inside the timed fit
+                model.fit(np.ascontiguousarray(lr_hsi.transpose(2, 0, 1)), np.asarray(srf, dtype=np.float64),
+                          hr_msi=msi)
+                fits.append(model.predict(msi, ratio=ratio))
                 seconds += model.fit_seconds
         fused = fits[0] if len(fits) == 1 else np.mean(fits, axis=0, dtype=np.float64).astype(np.float32)
         if not model.consistency:
@@ -272,7 +277,7 @@ def run_unit(unit: dict) -> list[dict]:
         output_csv_path=str(Path(unit["run_dir"]) / f"{name}.csv"),
     )
     members = unit["ensemble"] if unit["label"] == "default" else 1
-    batched = unit["members"] if unit["label"] == "default" else 1
+    batched = unit["members"] if unit["label"] == "default" else None  # None: the preset's
     steps = unit["default_steps"] if unit["label"] == "default" else unit["steps"]
     options = unit["default_options"] if unit["label"] == "default" else {}
     adapter = hb.CallableAdapter(GeoliftFusion(PRESETS[unit["label"]], unit["seed"], steps, members, batched, options),
@@ -381,7 +386,8 @@ def worker_main(args: argparse.Namespace) -> int:
           f"{args.hb_seed}); geolift seeds {args.seeds}, steps: faithful {args.steps or 'its preset'}, default "
           f"{args.default_steps or 'its preset'}"
           f"{f', default = average of {args.ensemble} fits' if args.ensemble > 1 else ''}"
-          f"{f', default with members={args.members} (one batched fit)' if args.members > 1 else ''}; "
+          f"{f', default with members={args.members}' if args.members is not None else ''}"
+          f"{f', default options {args.default_option}' if args.default_option else ''}; "
           f"{len(units)} HyperBench runs on "
           f"{args.jobs} process(es); output in {run_dir}", flush=True)
 
@@ -428,9 +434,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ensemble", type=int, default=1,
                         help="a probe: the default preset's output as the average of this many fits (seeds s, "
                              "s + 1000, ...); the faithful preset stays one fit")
-    parser.add_argument("--members", type=int, default=1,
-                        help="the default preset with SpectraLift(members=K): K networks trained side by side as one "
-                             "batched fit, their outputs averaged; the faithful preset stays one network")
+    parser.add_argument("--members", type=int, default=None,
+                        help="the default preset with SpectraLift(members=K) (default: the preset's, 3): K networks "
+                             "trained side by side, then their student; the faithful preset stays one network")
     parser.add_argument("--default-steps", type=int, default=None,
                         help="training steps of the default preset's fit only (default: --steps), e.g. to give an "
                              "ensemble (--members) the training time of one network")
