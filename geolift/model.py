@@ -76,8 +76,9 @@ Progress = Callable[[int, int, str], None]
 #: faithful preset: one network of 2500 / 1250 steps +1.55 / +2.15 dB, SAM -7.5 / -10.9 %; three members of 833 steps
 #: +2.37 dB, SAM -15.2 %; docs/benchmarks.md, "Stop 28"). Running three networks would triple the inference, so one
 #: student network then learns their mean on the LR pairs and on the HR-MSI's own pixels, for ``distill`` = 0.36 of
-#: the steps (300), starting from member 0 (:meth:`SpectraLift._train_student`; the same zoo: +2.34 dB, SAM -14.3 %,
-#: with one network's inference; "Stop 29").
+#: the steps (300), starting from member 0 (:meth:`SpectraLift._train_student`). Over seeds 0-2 of the zoo: the
+#: student +2.19 dB, SAM -14.3 %, training 1.08 x the faithful fit, one network's inference; the three members
+#: predicting together +2.22 dB, -14.9 %; one 1250-step network +2.00 dB, -10.4 % ("Stop 29").
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,

@@ -353,3 +353,27 @@ def test_novelty_lights_up_on_a_material_only_the_hr_msi_shows(tmp_path):
     assert (reason[gap] == qa.NODATA_NO_MSI).all() and np.isnan(novelty[gap]).all()
     assert (reason[planted] == qa.NODATA_VALID).all()
 
+
+
+def test_the_students_pixels_read_in_strips_are_the_arrays_grid():
+    """``geolift fuse`` reads the student's HR pixels strip by strip from the file; they must be the pixels
+    ``SpectraLift.predict`` takes from the same array (``distillation_pixels``), or the two would train different
+    students. A 600 x 300 grid: stride 5, and strips of 256 rows that start off the grid (rows 256 and 512)."""
+    from types import SimpleNamespace
+
+    from geolift.fuse import distillation_sample
+    from geolift.model import distillation_pixels, distillation_stride
+
+    image = np.random.default_rng(3).random((4, 600, 300)).astype(np.float32)
+    assert distillation_stride(600, 300) == 5
+    reads = []
+
+    def model_input(window):
+        reads.append(window)
+        rows = slice(int(window.row_off), int(window.row_off + window.height))
+        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        return image[:, rows, cols].copy()
+
+    plan = SimpleNamespace(grid=SimpleNamespace(height=600, width=300), model_input=model_input)
+    np.testing.assert_array_equal(distillation_sample(plan), distillation_pixels(image))
+    assert len(reads) == 3 and sum(int(w.height) for w in reads) == 600  # every row read once
