@@ -502,8 +502,9 @@ def test_presets_name_their_recipes():
     improved = SpectraLift(preset="geolift")
     assert improved.max_train_pixels == 2048 and improved.consistency is True
     assert (faithful.steps, faithful.hidden, faithful.lr_max) == (2500, 64, 1e-2)  # the paper's
-    assert (improved.steps, improved.hidden, improved.lr_max) == (833, 64, 1e-2)  # a third: see PRESETS
-    assert (improved.members, improved.distill, improved.student_steps) == (3, 0.36, 300)  # and a student
+    assert (improved.steps, improved.hidden, improved.lr_max) == (1250, 64, 1e-2)  # half: see PRESETS
+    assert (improved.members, improved.distill, improved.student_steps) == (1, 0.36, 0)  # one network, no student
+    assert SpectraLift(members=3, steps=833).student_steps == 300  # the ensemble measured in stop 29
     assert (faithful.members, faithful.distills) == (1, False)
     assert SpectraLift(preset="geolift", steps=10, max_train_pixels=None).steps == 10  # explicit values win
     with pytest.raises(ModelError, match="max_train_pixels"):
