@@ -78,8 +78,8 @@ Progress = Callable[[int, int, str], None]
 #: member 0 (:meth:`SpectraLift._train_student`): the members' quality at one network's inference. Over seeds 0-2
 #: of the zoo, ``members=3, steps=833``: +2.19 dB, SAM -14.3 %, training 1.08 x the faithful fit (one 1250-step
 #: network: +2.00 dB, -10.4 %, 0.50 x); the development benchmark +2.15 dB, -18.0 % ("Stop 29"). It is not the
-#: default yet: it makes every default fit in the test suite about three times longer, which this stop had no time
-#: left to rework (see the stop 29 note).
+#: default yet: it makes every default fit in the test suite about three times longer (the suite about twice as
+#: long), which this stop had no time left to rework.
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,
