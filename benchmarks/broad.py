@@ -49,6 +49,7 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from options import parse_options  # noqa: E402
 from potsdam_wald import machine  # noqa: E402
 
 from geolift import evaluate as ev  # noqa: E402
@@ -212,17 +213,6 @@ def bicubic(case: Case) -> dict[str, float]:
     return _metrics(gt, ev.bicubic_upsample(lr_hsi, gt.shape[1:]), case.ratio)
 
 
-def _parse_options(pairs: list[str]) -> dict:
-    options = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        try:
-            options[name] = float(value) if "." in value or "e" in value else int(value)
-        except ValueError:
-            options[name] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
-    return options
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -236,7 +226,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.cases, args.seeds, args.steps = args.cases or QUICK, [0], 600
     cases = [c for c in CASES if args.cases is None or c.name in args.cases]
-    options = _parse_options(args.default_option)
+    options = parse_options(args.default_option)
     started = time.perf_counter()
     print("Development benchmark: faithful SpectraLift preset vs geolift default (SpectraLift(), consistency step)")
     print(f"machine: {machine()}")

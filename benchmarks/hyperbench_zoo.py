@@ -61,6 +61,8 @@ import time
 import venv
 from pathlib import Path
 
+from options import parse_options  # benchmarks/options.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = Path.home() / ".cache" / "geolift-bench" / "hyperbench-venv"
 DEFAULT_RUNS = Path.home() / ".cache" / "geolift-bench" / "hyperbench-runs"
@@ -241,17 +243,6 @@ def earlier_faithful_rows(path: Path, seeds: list[int]) -> list[dict]:
     return rows
 
 
-def _option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` -> (key, value), the value read as an int, a float, or else kept as text."""
-    key, _, value = text.partition("=")
-    for kind in (int, float):
-        try:
-            return key.strip(), kind(value)
-        except ValueError:
-            pass
-    return key.strip(), value
-
-
 def run_unit(unit: dict) -> list[dict]:
     """One HyperBench run (one preset, one geolift seed, one MSI band count over every PSF family and ratio)."""
     import logging
@@ -377,7 +368,7 @@ def worker_main(args: argparse.Namespace) -> int:
                   steps=args.steps, srf=args.srf, scene=str(scene), run_dir=str(run_dir),
                   wavelengths=wavelengths.tolist(), fwhm=fwhm.tolist(), ensemble=args.ensemble,
                   members=args.members, default_steps=args.default_steps,
-                  default_options=dict(_option(text) for text in args.default_option))
+                  default_options=parse_options(args.default_option))
              for bands in args.bands for seed in args.seeds for label in PRESETS
              if not (args.reuse_faithful and label == "faithful")]
     n_cases = len(families) * len(args.ratios) * len(args.bands)

@@ -748,7 +748,6 @@ class SpectraLift:
         self._folded_output: tuple[np.ndarray, np.ndarray] | None = None  # output layer + MSI update (fold_msi_update)
         self._lr_hsi: np.ndarray | None = None  # what fit() saw, for the consistency step (a reference, no copy)
         self._response: np.ndarray | None = None
-        self.distilled = False  # whether _state is the student of an ensemble (one network)
         #: (inputs, targets, R): the training pairs and response, kept until the student is trained
         self._pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._msi_gain: np.ndarray | None = None  # the MSI update's gain, folded again into the student
@@ -790,6 +789,16 @@ class SpectraLift:
         return max(1, round(self.distill * self.steps)) if self.distills else 0
 
     @property
+    def _trained_networks(self) -> int:
+        """Networks in the fitted weights: ``members``, or 1 once a student has replaced them."""
+        return 1 if np.ndim(self._state["layer1.weight"]) == 2 else self.members
+
+    @property
+    def distilled(self) -> bool:
+        """Whether the fitted weights are an ensemble's student (one network)."""
+        return self.is_fitted and self.distills and self._trained_networks == 1
+
+    @property
     def awaiting_student(self) -> bool:
         """Fitted, but the student still needs HR-MSI pixels: the first :meth:`predict` call trains it."""
         return self.is_fitted and self.distills and not self.distilled and self._pairs is not None
@@ -805,7 +814,7 @@ class SpectraLift:
         """The fitted torch network (as trained, float32) on the chosen device; with ``members`` > 1, member
         ``member`` of the ensemble (its output is the members' mean, which no one torch network gives)."""
         self._check_fitted()
-        members = 1 if np.ndim(self._state["layer1.weight"]) == 2 else self.members
+        members = self._trained_networks
         if members > 1 and member is None:
             raise ModelError(f"This model is an ensemble of {members} networks; network(member=k) gives one.")
         if member is not None and not 0 <= member < members:
@@ -892,7 +901,6 @@ class SpectraLift:
             self._msi_gain = msi_update_gain(target, R) if self.msi_update else None
             self._folded_output = None if self._msi_gain is None else fold_msi_update(self._state, R, self._msi_gain)
         self._net = None
-        self.distilled = False
         self.n_bands_in, self.n_bands_out = int(R.shape[0]), int(n_bands)
         self.data_range = (lo, hi)
         if self.output_range[0] == 0.0 and lo < 0.0:
@@ -1009,7 +1017,7 @@ class SpectraLift:
                                             start=first)
         self._state, self.history = state, self.history + history
         self._folded_output = None if self._msi_gain is None else fold_msi_update(state, R, self._msi_gain)
-        self._net, self._pairs, self.distilled = None, None, True
+        self._net, self._pairs = None, None
         log.debug("Student of %d members trained on %d LR pairs and %d HR pixels in %.2f s.", self.members,
                   inputs.shape[0], scaled.shape[0], time.perf_counter() - started)
 
@@ -1161,7 +1169,6 @@ class SpectraLift:
         state.setdefault("_folded_output", None)
         state.setdefault("members", 1)
         state.setdefault("distill", 0.0)
-        state.setdefault("distilled", False)
         state.setdefault("_pairs", None)
         state.setdefault("_msi_gain", None)
         self.__dict__.update(state)
