@@ -26,7 +26,7 @@ parameter (to measure an idea before it becomes the preset); the targets are tho
 
     python benchmarks/broad.py [--seeds 0 1 2] [--steps N] [--jobs 2] [--cases P1 B3 ...] [--quick]
 
-Training steps: each preset's own (the faithful 2500, the default 1250) unless ``--steps`` sets both.
+Training steps: each preset's own (the faithful 2500, the default 833 per member) unless ``--steps`` sets both.
 """
 
 from __future__ import annotations

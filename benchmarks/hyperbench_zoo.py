@@ -38,9 +38,10 @@ repository, non-editable, built from a temporary copy of its sources (a build in
 the run always measures the working tree. The script then re-runs itself with ``--worker`` in that environment.
 
     python benchmarks/hyperbench_zoo.py [--quick] [--seeds 0 1 2] [--steps N] [--jobs 2] [--srf hyperbench]
-    python benchmarks/hyperbench_zoo.py --members 3 --default-steps 833   # three members and their student
+    python benchmarks/hyperbench_zoo.py --members 1 --default-steps 1250 --default-option brightness_jitter=0.25
+        # stop 28-29's default: one network
 
-Training steps: each preset's own (the faithful 2500, the default 1250) unless ``--steps`` sets both or
+Training steps: each preset's own (the faithful 2500, the default 833 per member) unless ``--steps`` sets both or
 ``--default-steps`` the default's.
 
 ``--quick``: 6 cases (gaussian, sinc, gabor at ratios 4 and 8, 4 bands), seed 0, 300 steps - a set-up check.
@@ -409,7 +410,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="6 cases, 1 seed, 300 steps: a set-up check")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="geolift seeds (default 0 1 2)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps of every fit (default: each preset's own, 2500 and 1250)")
+                        help="training steps of every fit (default: each preset's own, 2500 and 833)")
     parser.add_argument("--jobs", type=int, default=2, help="HyperBench runs in parallel (one core each)")
     parser.add_argument("--srf", choices=("hyperbench", "sentinel2a"), default="hyperbench",
                         help="HyperBench's built-in MSI bands, or Sentinel-2A on the cube's real wavelengths")
@@ -427,7 +428,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a probe: the default preset's output as the average of this many fits (seeds s, "
                              "s + 1000, ...); the faithful preset stays one fit")
     parser.add_argument("--members", type=int, default=None,
-                        help="the default preset with SpectraLift(members=K) (default: the preset's, 1): K networks "
+                        help="the default preset with SpectraLift(members=K) (default: the preset's, 3): K networks "
                              "trained side by side, then their student; the faithful preset stays one network")
     parser.add_argument("--default-steps", type=int, default=None,
                         help="training steps of the default preset's fit only (default: --steps), e.g. to give an "

@@ -100,7 +100,7 @@ class FuseOptions:
     resolution: float | None = None  # the MSI grid's pixel size (e.g. 20 for Sentinel-2's 20 m); None: its finest
     preset: str = DEFAULT_PRESET  # "geolift" (sampled training + consistency step); "spectralift": the paper's
     steps: int | None = None  # None: the preset's
-    members: int | None = None  # networks trained side by side (then their student); None: the preset's (1)
+    members: int | None = None  # networks trained side by side (then their student); None: the preset's (3 for geolift)
     seed: int = 0
     device: str = "cpu"
     align: bool = True  # estimate and correct the residual shift

@@ -25,6 +25,12 @@ POTSDAM_CUBE = SAMPLE / "enmap_l2a_potsdam_mosaic_128x64_224b.tif"
 WALD_BANDS = ("B2", "B3", "B4", "B8")
 WALD_RATIO = 4
 
+#: ``--members 1`` for tests whose claim is about files, products, batch, STAC or the pipeline, not the recipe: one
+#: network is all they need, and the default preset's three members and student would make them slower and test
+#: nothing more. The default's ensemble is tested in test_model.py, and every entry point's parity with the
+#: library's default in test_cli.py, test_fuse.py, test_xarray.py and test_batch.py.
+ONE_NETWORK = ("--members", "1")
+
 
 def write_tif(
     path: Path,
@@ -142,8 +148,8 @@ def run_fuse(args: Sequence, tmp_path: Path, label: str, steps: int = 60):
 
     _register_commands()
     out = tmp_path / f"{label}.tif"
-    result = CliRunner().invoke(app, ["fuse", *map(str, args), "--steps", str(steps), "-o", str(out), "--progress",
-                                      "none", "--report", str(tmp_path / f"{label}.json")])
+    result = CliRunner().invoke(app, ["fuse", *map(str, args), "--steps", str(steps), *ONE_NETWORK, "-o", str(out),
+                                      "--progress", "none", "--report", str(tmp_path / f"{label}.json")])
     report = json.loads((tmp_path / f"{label}.json").read_text()) if result.exit_code == 0 else None
     return result, out, report
 

@@ -45,6 +45,7 @@ from geolift.batch import (
 from geolift.batch.resume import remove_leftovers
 from geolift.errors import BatchError, InputError, JobsFailedError, OutputError
 from geolift.fuse import FuseOptions, fuse_files
+from geolift.model import SpectraLift
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -416,7 +417,8 @@ def test_batch_fuses_real_data_and_reports_the_broken_job(client, first_run, ref
     stages = {e.stage for e in events if e.job == jobs[0].name}
     assert {"read", "train", "write", "done"} <= stages
     train = [e for e in events if e.job == jobs[0].name and e.stage == "train"]
-    assert train[-1].done == train[-1].total == STEPS  # training progress comes back from the worker
+    members_and_student = STEPS + SpectraLift(steps=STEPS).student_steps  # the default recipe's whole fit
+    assert train[-1].done == train[-1].total == members_and_student  # training progress comes back from the worker
 
     json_path, csv_path = report.write(outdir)
     saved = json.loads(json_path.read_text())

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from helpers import ONE_NETWORK
 from rasterio.windows import Window
 from typer.testing import CliRunner
 
@@ -207,7 +208,7 @@ def test_bad_input_gives_one_clear_error_and_no_output(name, wald, write_raster,
     case = build(tmp_path, wald, write_raster)
     files_before = sorted(p.name for p in tmp_path.iterdir())
 
-    run = run_geolift(["fuse", *case.args, "--steps", "20", "--progress", "none"], cwd=work,
+    run = run_geolift(["fuse", *case.args, "--steps", "20", *ONE_NETWORK, "--progress", "none"], cwd=work,
                       process=in_child_process)
 
     assert run.exit_code == case.exit_code, run.stderr
@@ -234,8 +235,8 @@ def test_bad_input_gives_one_clear_error_and_no_output(name, wald, write_raster,
 def berlin_run(berlin, tmp_path_factory):
     """The Berlin pair fused by the real command, as a user types it: no -o, so into the current folder."""
     cwd = tmp_path_factory.mktemp("berlin_cli")
-    run = run_geolift(["fuse", berlin.hsi_tif, berlin.msi_tif, "--steps", BERLIN_STEPS, "--progress", "plain",
-                       "--report", "report.json", "--qa", "qa.tif"], cwd=cwd, process=True)
+    run = run_geolift(["fuse", berlin.hsi_tif, berlin.msi_tif, "--steps", BERLIN_STEPS, *ONE_NETWORK,
+                       "--progress", "plain", "--report", "report.json", "--qa", "qa.tif"], cwd=cwd, process=True)
     return run, cwd
 
 
@@ -385,7 +386,7 @@ def test_single_band_files_fuse_with_band_names_from_file_names(wald, write_rast
     out = tmp_path / "fused.tif"
     report_path = tmp_path / "report.json"
 
-    run = run_geolift(["fuse", wald.hsi, *files, "--sensor", "sentinel2", "--steps", WALD_STEPS,
+    run = run_geolift(["fuse", wald.hsi, *files, "--sensor", "sentinel2", "--steps", WALD_STEPS, *ONE_NETWORK,
                        "--dtype", "float32", "-o", out, "--report", report_path, "--progress", "none"])
 
     assert run.exit_code == 0, run.stderr
@@ -404,8 +405,8 @@ def test_msi_bands_identified_from_their_own_wavelengths_and_the_log_says_so(wal
     msi = write_raster(tmp_path / "three_bands.tif", wald.hr_msi[:3].astype(np.float32), crs=wald.crs,
                        transform=wald.hr_transform, wavelengths=[492.0, 559.0, 665.0])
     report_path = tmp_path / "report.json"
-    run = run_geolift(["fuse", wald.hsi, msi, "--sensor", "sentinel2", "--steps", "20", "--progress", "none",
-                       "-o", tmp_path / "fused.tif", "--report", report_path])
+    run = run_geolift(["fuse", wald.hsi, msi, "--sensor", "sentinel2", "--steps", "20", *ONE_NETWORK,
+                       "--progress", "none", "-o", tmp_path / "fused.tif", "--report", report_path])
     assert run.exit_code == 0, run.stderr
     assert json.loads(report_path.read_text())["msi_bands"] == ["B2", "B3", "B4"]
     assert "MSI bands B2, B3, B4, identified from the MSI's band centres" in run.stderr
@@ -414,7 +415,8 @@ def test_msi_bands_identified_from_their_own_wavelengths_and_the_log_says_so(wal
 def test_warnings_are_one_line_like_errors(berlin, tmp_path):
     """A GeoliftWarning reaches the user as `geolift: warning: <sentence>`, with no source path (real process)."""
     run = run_geolift(["fuse", berlin.hsi_tif, berlin.msi_tif, "--sensor", "sentinel2", "--bands", "B1,B2,B3,B4",
-                       "--drop-uncovered", "--steps", "20", "--progress", "none", "-o", tmp_path / "fused.tif"],
+                       "--drop-uncovered", "--steps", "20", *ONE_NETWORK, "--progress", "none",
+                       "-o", tmp_path / "fused.tif"],
                       process=True)
     assert run.exit_code == 0, run.stderr
     warning_lines = [line for line in run.stderr.splitlines() if "Dropped" in line]
@@ -436,7 +438,7 @@ def test_enmap_and_worldview3_with_all_eight_vnir_bands_run_by_default(tmp_path,
     msi = write_raster(tmp_path / "wv3.tif", case.hr_msi.astype(np.float32), crs=crs, transform=transform,
                        descriptions=bands)
     report_path = tmp_path / "report.json"
-    run = run_geolift(["fuse", hsi, msi, "--sensor", "worldview3", "--steps", "20", "--progress", "none",
+    run = run_geolift(["fuse", hsi, msi, "--sensor", "worldview3", "--steps", "20", *ONE_NETWORK, "--progress", "none",
                        "-o", tmp_path / "fused.tif", "--report", report_path])
     assert run.exit_code == 0, run.stderr
     assert json.loads(report_path.read_text())["msi_bands"] == bands
@@ -474,7 +476,7 @@ def ten_band_pair(tmp_path_factory):
 def test_an_inconsistent_pair_is_said_and_strict_refuses_it(ten_band_pair, tmp_path, bands, msi_file, words):
     hsi, msi, _ = ten_band_pair
     msi = msi.parent / msi_file
-    args = ["fuse", hsi, msi, "--sensor", "sentinel2", "--bands", ",".join(bands), "--steps", "20",
+    args = ["fuse", hsi, msi, "--sensor", "sentinel2", "--bands", ",".join(bands), "--steps", "20", *ONE_NETWORK,
             "--progress", "none", "--report", tmp_path / "report.json"]
     run = run_geolift([*args, "-o", tmp_path / "fused.tif"])
     assert run.exit_code == 0, run.stderr
@@ -491,6 +493,7 @@ def test_an_inconsistent_pair_is_said_and_strict_refuses_it(ten_band_pair, tmp_p
 def test_the_right_bands_in_the_right_order_pass_the_check(ten_band_pair, tmp_path):
     hsi, msi, _ = ten_band_pair
     run = run_geolift(["fuse", hsi, msi, "--sensor", "sentinel2", "--bands", ",".join(S2_TEN), "--steps", "20",
+                       *ONE_NETWORK,
                        "--progress", "none", "--strict", "-o", tmp_path / "fused.tif", "--report",
                        tmp_path / "report.json"])
     assert run.exit_code == 0, run.stderr
@@ -602,7 +605,8 @@ def test_a_report_that_cannot_be_written_is_one_error_and_the_output_is_kept(wal
     (tmp_path / "report.json").mkdir()
     out = tmp_path / "fused.tif"
     run = run_geolift(["fuse", wald.hsi, wald.msi, "--sensor", "sentinel2", "--bands", "B2 B3 B4 B8",
-                       "--steps", "20", "--progress", "none", "-o", out, "--report", tmp_path / "report.json"])
+                       "--steps", "20", *ONE_NETWORK, "--progress", "none", "-o", out,
+                       "--report", tmp_path / "report.json"])
     assert run.exit_code == 5, run.stderr
     assert error_lines(run) == [run.stderr.strip().splitlines()[-1]]
     assert "report.json" in error_lines(run)[0] and "Traceback" not in run.stderr

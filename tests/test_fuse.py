@@ -250,7 +250,7 @@ def test_enmap_l2a_with_unsorted_wavelengths_and_bad_bands(write_raster, tmp_pat
                        transform=transform @ Affine.scale(0.5), descriptions=["B02", "B03", "B04", "B08"])
     out = tmp_path / "enmap_fused.tif"
 
-    report = fuse_files(POTSDAM_CUBE, msi, out, FuseOptions(sensor="sentinel2", steps=100, seed=0))
+    report = fuse_files(POTSDAM_CUBE, msi, out, FuseOptions(sensor="sentinel2", steps=100, seed=0, members=1))
 
     assert report.hsi_bands == 224 and report.bad_bands == 6
     assert report.resolution_ratio == pytest.approx(2.0)
@@ -277,7 +277,7 @@ def test_pass_two_reads_pass_one_network_output_from_the_scratch_bit_for_bit(ber
     # The default preset predicts every pixel in pass 1; with the scratch, pass 2 reads those predictions instead
     # of predicting again. The output must be the same bits as without it, also with tiles that straddle pass 1's
     # 512-px windows (384 px), and nothing may be left beside the output.
-    options = FuseOptions(steps=BERLIN_STEPS, seed=0, dtype="float32")
+    options = FuseOptions(steps=BERLIN_STEPS, seed=0, dtype="float32", members=1)  # the scratch's claim: one network
     runs = {"none": replace(options, scratch="none"), "auto": options, "straddling": replace(options, tile_size=384),
             "own folder": replace(options, scratch=str(tmp_path))}
     reports, data = {}, {}
@@ -339,7 +339,7 @@ def test_novelty_lights_up_on_a_material_only_the_hr_msi_shows(tmp_path):
     hsi_path = write_tif(tmp_path / "hsi.tif", case.lr_hsi.astype(np.float32), crs=crs,
                          transform=transform @ Affine.scale(4), wavelengths=wavelengths, fwhm=fwhm)
     msi_path = write_tif(tmp_path / "msi.tif", msi, crs=crs, transform=transform, descriptions=bands)
-    fuse_files(hsi_path, msi_path, tmp_path / "out.tif", FuseOptions(sensor="sentinel2a", steps=200),
+    fuse_files(hsi_path, msi_path, tmp_path / "out.tif", FuseOptions(sensor="sentinel2a", steps=200, members=1),
                qa=tmp_path / "qa.tif")
     with rasterio.open(tmp_path / "qa.tif") as ds:
         col, row = (round(v) for v in ~transform * (ds.transform.c, ds.transform.f))  # output window in the MSI

@@ -466,6 +466,18 @@ def test_progress_callback_reports_training_and_prediction(scene):
     assert calls == [(1, 3, "predict"), (2, 3, "predict"), (3, 3, "predict")]  # 256 pixels in chunks of 100
 
 
+def test_progress_of_a_fit_with_a_student_is_one_bar_over_the_members_and_the_student(scene):
+    cube, R, _ = scene
+    calls = []
+    model = SpectraLift(steps=50, members=3, consistency=False)
+    model.fit(cube, R, hr_msi=msi_of(cube, R), progress=lambda *a: calls.append(a))
+    total = 50 + model.student_steps
+    assert model.student_steps > 0 and {c[1:] for c in calls} == {(total, "train")}
+    assert calls[0][0] == 0 and calls[-1][0] == total
+    assert any(c[0] == 50 for c in calls)  # the members' last step, before the student's first
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
 def test_num_threads_applies_during_work_and_is_restored(scene):
     cube, R, _ = scene
     seen = []
@@ -502,9 +514,10 @@ def test_presets_name_their_recipes():
     improved = SpectraLift(preset="geolift")
     assert improved.max_train_pixels == 2048 and improved.consistency is True
     assert (faithful.steps, faithful.hidden, faithful.lr_max) == (2500, 64, 1e-2)  # the paper's
-    assert (improved.steps, improved.hidden, improved.lr_max) == (1250, 64, 1e-2)  # half: see PRESETS
-    assert (improved.members, improved.distill, improved.student_steps) == (1, 0.36, 0)  # one network, no student
-    assert SpectraLift(members=3, steps=833).student_steps == 300  # the ensemble measured in stop 29
+    assert (improved.steps, improved.hidden, improved.lr_max) == (833, 64, 1e-2)  # a third of 2500 each: PRESETS
+    assert (improved.members, improved.distill, improved.student_steps) == (3, 0.36, 300)  # three and a student
+    assert improved.brightness_jitter == 0.0  # measured with the ensemble: see PRESETS
+    assert SpectraLift(members=1).student_steps == 0  # one network has no student
     assert (faithful.members, faithful.distills) == (1, False)
     assert SpectraLift(preset="geolift", steps=10, max_train_pixels=None).steps == 10  # explicit values win
     with pytest.raises(ModelError, match="max_train_pixels"):

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 import rasterio
-from helpers import BerlinPair, run_cli, temp_leftovers
+from helpers import ONE_NETWORK, BerlinPair, run_cli, temp_leftovers
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
@@ -202,6 +202,7 @@ def test_gdal_environment_variables_reach_the_writer(tmp_path, monkeypatch, cog)
 def test_fuse_cog_on_the_berlin_sample(tmp_path):
     berlin = BerlinPair()
     run = run_cli(["fuse", berlin.hsi_tif, berlin.msi_tif, "-o", tmp_path / "fused.tif", "--cog", "--steps", 40,
+                   *ONE_NETWORK,
                    "--progress", "none", "--report", tmp_path / "report.json", "--co", "LEVEL=6"])
     assert run.exit_code == 0, run.stderr
     out = tmp_path / "fused.tif"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import read_potsdam_cube, write_tif
+from helpers import ONE_NETWORK, read_potsdam_cube, write_tif
 from typer.testing import CliRunner
 
 from geolift import evaluate, srf
@@ -130,7 +130,7 @@ def test_fusing_the_zipped_product_equals_fusing_the_handmade_geotiff(enmap_case
     outputs = {}
     for label, hsi in (("product", archive), ("handmade", handmade)):
         out = tmp_path / f"{label}.tif"
-        result = runner.invoke(app, ["fuse", str(hsi), str(msi), "--sensor", "sentinel2", "--steps", "60",
+        result = runner.invoke(app, ["fuse", str(hsi), str(msi), "--sensor", "sentinel2", "--steps", "60", *ONE_NETWORK,
                                      "--dtype", "float32", "-o", str(out), "--report", str(tmp_path / f"{label}.json"),
                                      "--progress", "none"])
         assert result.exit_code == 0, result.output
@@ -157,8 +157,8 @@ def test_the_xarray_api_reads_and_fuses_the_zipped_product(enmap_case, tmp_path)
     np.testing.assert_array_equal(hsi.values, scene.read())  # DN x gain, cloud and defect pixels NaN
     assert np.isnan(hsi.values[(slice(None), *CLOUD)]).all() and hsi.attrs["acquisition_time"] == START
     assert hsi.rio.encoded_nodata == NODATA and np.isnan(hsi.rio.nodata)  # NaN in the array, the file's value
-    fused = gx.fuse(hsi, gx.open_msi(msi), sensor="sentinel2", steps=60, seed=0, chunks=32)
-    fuse_files(archive, msi, tmp_path / "cli.tif", FuseOptions(sensor="sentinel2", steps=60, seed=0,
+    fused = gx.fuse(hsi, gx.open_msi(msi), sensor="sentinel2", steps=60, seed=0, chunks=32, members=1)
+    fuse_files(archive, msi, tmp_path / "cli.tif", FuseOptions(sensor="sentinel2", steps=60, seed=0, members=1,
                                                                dtype="float32"))
     with rasterio.open(tmp_path / "cli.tif") as ds:
         np.testing.assert_array_equal(fused.values, ds.read())
@@ -231,7 +231,7 @@ def test_fuse_takes_the_overlap_choice_and_writes_only_the_kept_bands(enmap_case
     _register_commands()
     out = tmp_path / "vnir.tif"
     result = CliRunner().invoke(app, ["fuse", str(folder), str(msi), "--sensor", "sentinel2", "--steps", "20",
-                                      "--overlap", "vnir", "-o", str(out), "--progress", "none",
+                                      *ONE_NETWORK, "--overlap", "vnir", "-o", str(out), "--progress", "none",
                                       "--report", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert "kept the VNIR bands (--overlap vnir)" in result.output

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import read_potsdam_cube, write_tif
+from helpers import ONE_NETWORK, read_potsdam_cube, write_tif
 from typer.testing import CliRunner
 
 from geolift import evaluate, srf
@@ -181,7 +181,7 @@ def test_fusing_the_zipped_product_equals_fusing_the_handmade_geotiff(desis_case
     for label, hsi in (("product", desis_case["zip"]), ("handmade", desis_case["handmade"])):
         out = tmp_path / f"{label}.tif"
         result = runner.invoke(app, ["fuse", str(hsi), str(desis_case["msi"]), "--sensor", "sentinel2",
-                                     "--steps", "60", "--dtype", "float32", "-o", str(out),
+                                     "--steps", "60", *ONE_NETWORK, "--dtype", "float32", "-o", str(out),
                                      "--report", str(tmp_path / f"{label}.json"), "--progress", "none"])
         assert result.exit_code == 0, result.output
         with rasterio.open(out) as ds:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import read_potsdam_cube, write_tif
+from helpers import ONE_NETWORK, read_potsdam_cube, write_tif
 from typer.testing import CliRunner
 
 from geolift import evaluate, srf
@@ -185,8 +185,8 @@ def test_fusing_the_zipped_emit_granule_equals_fusing_the_handmade_geotiff(emit_
     for label, hsi in (("product", emit_case["archive"]), ("handmade", emit_case["handmade"])):
         out = tmp_path / f"{label}.tif"
         result = CliRunner().invoke(app, ["fuse", str(hsi), str(emit_case["msi"]), "--sensor", "sentinel2",
-                                          "--steps", "60", "--dtype", "float32", "-o", str(out), "--progress",
-                                          "none", "--report", str(tmp_path / f"{label}.json")])
+                                          "--steps", "60", *ONE_NETWORK, "--dtype", "float32", "-o", str(out),
+                                          "--progress", "none", "--report", str(tmp_path / f"{label}.json")])
         assert result.exit_code == 0, result.output
         with rasterio.open(out) as ds:
             outputs[label] = ds.read()

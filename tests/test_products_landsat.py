@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import read_potsdam_cube, write_tif
+from helpers import ONE_NETWORK, read_potsdam_cube, write_tif
 from typer.testing import CliRunner
 
 from geolift import evaluate, srf
@@ -384,7 +384,8 @@ def test_fusing_with_a_landsat_folder_needs_no_sensor_or_bands(landsat_case, tmp
     for label, msi, extra in runs:
         out, report_path = tmp_path / f"{label}.tif", tmp_path / f"{label}.json"
         result = CliRunner().invoke(app, ["fuse", str(landsat_case["hsi"]), str(msi), "-o", str(out), *extra,
-                                          "--steps", "60", "--progress", "none", "--report", str(report_path)])
+                                          "--steps", "60", *ONE_NETWORK, "--progress", "none", "--report",
+                                          str(report_path)])
         assert result.exit_code == 0, result.output
         reports[label] = json.loads(report_path.read_text())
         with rasterio.open(out) as ds:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import read_potsdam_cube, write_tif
+from helpers import ONE_NETWORK, read_potsdam_cube, write_tif
 from typer.testing import CliRunner
 
 from geolift import evaluate, srf
@@ -182,8 +182,8 @@ def test_fusing_the_zipped_prisma_product_equals_fusing_the_handmade_geotiff(pri
     for label, hsi in (("product", prisma_case["archive"]), ("handmade", prisma_case["handmade"])):
         out = tmp_path / f"{label}.tif"
         result = CliRunner().invoke(app, ["fuse", str(hsi), str(prisma_case["msi"]), "--sensor", "sentinel2",
-                                          "--steps", "60", "--dtype", "float32", "-o", str(out), "--progress",
-                                          "none", "--report", str(tmp_path / f"{label}.json")])
+                                          "--steps", "60", *ONE_NETWORK, "--dtype", "float32", "-o", str(out),
+                                          "--progress", "none", "--report", str(tmp_path / f"{label}.json")])
         assert result.exit_code == 0, result.output
         outputs[label] = _read(out)
     np.testing.assert_array_equal(outputs["product"], outputs["handmade"])

@@ -17,7 +17,7 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-from helpers import BerlinPair, run_cli, temp_leftovers
+from helpers import ONE_NETWORK, BerlinPair, run_cli, temp_leftovers
 from jsonschema import Draft7Validator
 from pystac.extensions.eo import EOExtension
 from pystac.extensions.projection import ProjectionExtension
@@ -33,7 +33,7 @@ from geolift.io import write_hsi
 SCHEMAS = Path(__file__).resolve().parent / "data" / "stac_schemas"
 ITEM_SCHEMA = "https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json"
 COLLECTION_SCHEMA = "https://schemas.stacspec.org/v1.0.0/collection-spec/json-schema/collection.json"
-WALD_ARGS = ["--sensor", "sentinel2a", "--bands", "B2,B3,B4,B8", "--steps", 30, "--progress", "none"]
+WALD_ARGS = ["--sensor", "sentinel2a", "--bands", "B2,B3,B4,B8", "--steps", 30, *ONE_NETWORK, "--progress", "none"]
 
 
 def _registry() -> Registry:
@@ -230,7 +230,7 @@ def test_berlin_fuse_cog_and_stac(tmp_path):
     berlin = BerlinPair()
     out, item_path = tmp_path / "berlin.tif", tmp_path / "item.json"
     run = run_cli(["fuse", berlin.hsi_tif, berlin.msi_tif, "-o", out, "--cog", "--stac", item_path,
-                   "--stac-datetime", "2009-08-20", "--steps", 40, "--progress", "none"])
+                   "--stac-datetime", "2009-08-20", "--steps", 40, *ONE_NETWORK, "--progress", "none"])
     assert run.exit_code == 0, run.stderr
     with rasterio.open(out) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.overviews(1) == [2]

@@ -125,7 +125,7 @@ class FuseAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MEMBERS,
-                "Networks trained side by side, then one learns their mean (empty: one network; 3 is sharper)",
+                "Networks trained side by side, then one learns their mean (empty: the recipe's, 3; 1 is faster)",
                 type=QgsProcessingParameterNumber.Integer,
                 minValue=1,
                 optional=True,
