@@ -67,9 +67,9 @@ Progress = Callable[[int, int, str], None]
 #: the members fit different noise, so their mean is better than any one of them. Then one student network learns
 #: their mean at the LR pairs and at the HR-MSI's own pixels, for ``distill`` = 0.36 of the steps, starting from
 #: member 0 (:meth:`SpectraLift._train_student`): the members' quality at one network's inference. Against the
-#: faithful preset (docs/benchmarks.md, "Stop 28" to "Stop 30"), HyperBench's zoo, seeds 0-2: one network of 2500 /
-#: 1250 steps +1.55 / +2.00 dB (seed 0: +1.55 / +2.15), SAM -7.5 / -10.4 %; three members and their student
-#: +2.19 dB, -14.3 %, training 1.08 x the faithful fit.
+#: faithful preset (docs/benchmarks.md, "Stop 28" to "Stop 30"), HyperBench's zoo, seeds 0-2: one network of 1250
+#: steps +2.00 dB, SAM -10.4 %, training 0.50 x the faithful fit; three members and their student (without the
+#: jitter, below) +2.20 dB, -15.6 %, 1.12 x; on benchmarks/broad.py +1.97 / +2.13 dB, SAM -16.3 / -18.4 %.
 #: ``brightness_jitter`` = j scales each training pair (LR-MSI, LR-HSI) by its own factor from ``[1 - j, 1 + j]``
 #: every step - a darker or brighter copy of a material is a valid pair because ``R`` is linear - which taught one
 #: network to keep a spectrum's shape for HR pixels darker than any blur-mixed LR pixel (pure water): for one network
