@@ -519,8 +519,10 @@ def prepare_fusion(
         agreement=agreement if options.harmonize else None, report=report, options=options,
         novelty=qa.NoveltyIndex(synthetic[:, hsi_valid].T, seed=options.seed),
     )
-    log.info("Training on %d LR pixels (%s preset, %d steps, seed %d, %s).",
-             report.training_pixels, model.preset, model.steps, options.seed, options.device)
+    networks = f"{model.steps} steps" if model.members == 1 else f"{model.members} networks of {model.steps} steps" + (
+        f", then their student of {model.student_steps}" if model.distills else "")
+    log.info("Training on %d LR pixels (%s preset, %s, seed %d, %s).",
+             report.training_pixels, model.preset, networks, options.seed, options.device)
     started = time.perf_counter()
     student_pixels = distillation_sample(plan) if model.distills else None
     with torch_threads(options.torch_threads):
