@@ -212,14 +212,15 @@ class GeoliftFusion:
         fits, seconds = [], 0.0
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            lr = np.ascontiguousarray(lr_hsi.transpose(2, 0, 1))
+            msi = np.ascontiguousarray(hr_msi.transpose(2, 0, 1))
+            R = np.asarray(srf, dtype=np.float64)
+            given = {} if self.batched_members is None else {"members": self.batched_members}
             for member in range(self.members):  # --ensemble: the average of independent fits (a probe)
-                given = {} if self.batched_members is None else {"members": self.batched_members}
                 model = SpectraLift(preset=self.preset, seed=self.seed + 1000 * member, steps=self.steps,
                                     num_threads=1, **given, **self.options)
-                msi = np.ascontiguousarray(hr_msi.transpose(2, 0, 1))
                 # hr_msi in fit: the default's student network trains there, inside the timed fit
-                model.fit(np.ascontiguousarray(lr_hsi.transpose(2, 0, 1)), np.asarray(srf, dtype=np.float64),
-                          hr_msi=msi)
+                model.fit(lr, R, hr_msi=msi)
                 fits.append(model.predict(msi, ratio=ratio))
                 seconds += model.fit_seconds
         fused = fits[0] if len(fits) == 1 else np.mean(fits, axis=0, dtype=np.float64).astype(np.float32)

@@ -519,8 +519,11 @@ def prepare_fusion(
         agreement=agreement if options.harmonize else None, report=report, options=options,
         novelty=qa.NoveltyIndex(synthetic[:, hsi_valid].T, seed=options.seed),
     )
-    networks = f"{model.steps} steps" if model.members == 1 else f"{model.members} networks of {model.steps} steps" + (
-        f", then their student of {model.student_steps}" if model.distills else "")
+    networks = f"{model.steps} steps"
+    if model.members > 1:
+        networks = f"{model.members} networks of {networks}"
+        if model.distills:
+            networks += f", then their student of {model.student_steps}"
     log.info("Training on %d LR pixels (%s preset, %s, seed %d, %s).",
              report.training_pixels, model.preset, networks, options.seed, options.device)
     started = time.perf_counter()
