@@ -60,7 +60,7 @@ def cut_for(curves: srf.SRFSet, band: str, target: float, wavelengths: np.ndarra
 
 def fuse(lr: np.ndarray, msi: np.ndarray, R: np.ndarray, seed: int, steps: int) -> np.ndarray:
     # the network alone, as the figures in docs/benchmarks.md were measured (coverage is about the training)
-    return SpectraLift(seed=seed, steps=steps).fit(lr, R).predict(msi, consistency=False)
+    return SpectraLift(seed=seed, steps=steps).fit(lr, R, hr_msi=msi).predict(msi, consistency=False)
 
 
 def main(argv: list[str] | None = None) -> int:

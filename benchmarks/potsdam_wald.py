@@ -150,7 +150,7 @@ def run_case(title: str, bands: list[str], cube, wavelengths, fwhm, seeds: list[
         options = {} if steps is None else {"steps": steps}
         model = SpectraLift(seed=seed, value_range=(0.0, 1.0), **options)
         t0 = time.perf_counter()
-        model.fit(case.lr_hsi, case.R)
+        model.fit(case.lr_hsi, case.R, hr_msi=case.hr_msi)  # the student learns the scene's HR pixels
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         fused = model.predict(case.hr_msi, consistency=False)  # the network alone, as its recorded figures

@@ -47,7 +47,8 @@ def sampling_quality(cube, wavelengths, fwhm, seeds) -> None:
         for seed in seeds:
             for cap_value, out in ((None, full), (cap, sampled)):
                 model = SpectraLift(seed=seed, value_range=(0, 1), num_threads=1, max_train_pixels=cap_value)
-                fused = model.fit(case.lr_hsi, case.R).predict(case.hr_msi, consistency=False)  # the network's
+                model.fit(case.lr_hsi, case.R, hr_msi=case.hr_msi)
+                fused = model.predict(case.hr_msi, consistency=False)  # the network's
                 out.append(ev.psnr(case.gt, fused))
         d = float(np.mean(sampled) - np.mean(full))
         diffs.append(d)

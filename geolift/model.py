@@ -70,6 +70,11 @@ Progress = Callable[[int, int, str], None]
 #: faithful preset (docs/benchmarks.md, "Stop 28" to "Stop 30"), HyperBench's zoo, seeds 0-2: one network of 1250
 #: steps +2.00 dB, SAM -10.4 %, training 0.50 x the faithful fit; three members and their student (without the
 #: jitter, below) +2.20 dB, -15.6 %, 1.12 x; on benchmarks/broad.py +1.97 / +2.13 dB, SAM -16.3 / -18.4 %.
+#: ``student_hidden`` = 32 (with ``distill`` = 1.0: a fresh student, as many steps as a member) halves the inference
+#: (0.48 instead of 1.07 CPU-s per 512 x 512 tile) for about the same benchmark figures (seed 0: zoo +2.34 -> +2.30
+#: dB, SAM -16.3 -> -16.1 %; benchmarks/broad.py +2.18 -> +2.17 dB, -19.1 -> -19.3 %), but a fresh student carries
+#: the members' mean less well to pixels purer than any LR pixel (tests/test_model.py's mixing scene: 1.4-1.5 x the
+#: members' error, against 1.1 x fine-tuned from member 0); an option, not the default (docs/benchmarks.md, "Stop 31").
 #: ``brightness_jitter`` = j scales each training pair (LR-MSI, LR-HSI) by its own factor from ``[1 - j, 1 + j]``
 #: every step - a darker or brighter copy of a material is a valid pair because ``R`` is linear - which taught one
 #: network to keep a spectrum's shape for HR pixels darker than any blur-mixed LR pixel (pure water): for one network
@@ -81,10 +86,10 @@ Progress = Callable[[int, int, str], None]
 PRESETS: dict[str, dict] = {
     "spectralift": dict(steps=2500, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                         max_train_pixels=None, consistency=False, brightness_jitter=0.0, snapshot_fraction=0.0,
-                        nonnegative=False, msi_update=False, members=1, distill=0.0),
+                        nonnegative=False, msi_update=False, members=1, distill=0.0, student_hidden=None),
     "geolift": dict(steps=833, hidden=64, lr_initial=1e-3, lr_max=1e-2, lr_final=1e-6, warmup=0.3,
                     max_train_pixels=2048, consistency=True, brightness_jitter=0.0, snapshot_fraction=0.2,
-                    nonnegative=True, msi_update=True, members=3, distill=0.36),
+                    nonnegative=True, msi_update=True, members=3, distill=0.36, student_hidden=None),
 }
 
 #: The preset ``SpectraLift()`` uses when none is named.
@@ -107,8 +112,9 @@ MEMBER_SEED_STRIDE = 1000
 #: about this many, every :func:`distillation_stride`-th row and column (see ``SpectraLift(distill=...)``).
 DISTILL_PIXELS = 8192
 
-#: The student starts from member 0's weights and fine-tunes on a one-cycle schedule ten times lower than the
-#: members' (1e-4 -> 1e-3 -> the recipe's final rate), on at most this many sampled pairs per step. On HyperBench's
+#: A student as wide as the members (``student_hidden=None`` or ``hidden``) starts from member 0's weights and
+#: fine-tunes on a one-cycle schedule ten times lower than the members' (1e-4 -> 1e-3 -> the recipe's final rate), on
+#: at most this many sampled pairs per step; one of another width trains afresh on the members' own. On HyperBench's
 #: zoo (seed 0, three members of 833 steps) this kept the members' mean within 0.03 dB with 300 steps, where a fresh
 #: network needed 833 steps of 2048 pairs (docs/benchmarks.md, "Stop 29").
 STUDENT_LEARNING_RATES = (1e-4, 1e-3)
@@ -666,8 +672,9 @@ class SpectraLift:
     same result. The faithful ``spectralift`` preset has no such step: its prediction is the network's alone.
     ``members`` > 1 (the default recipe: 3) trains that many networks side by side (:class:`SpectraLiftMembers`);
     member k is the fit seed ``seed + k * MEMBER_SEED_STRIDE`` would give. With ``distill`` > 0 one student network
-    then learns their mean and predicts alone (:meth:`fit`'s ``hr_msi``); with ``distill=0`` all members predict and
-    their mean is formed inside one exact product (:class:`ExactNetwork`).
+    then learns their mean and predicts alone (:meth:`fit`'s ``hr_msi``): fine-tuned from member 0, or, with
+    ``student_hidden`` narrower than the members, trained afresh at that width (half the inference at 32); with
+    ``distill=0`` all members predict and their mean is formed inside one exact product (:class:`ExactNetwork`).
     """
 
     def __init__(self, *, steps: int | None = None, hidden: int | None = None, lr_initial: float | None = None,
@@ -677,7 +684,8 @@ class SpectraLift:
                  num_threads: int | None = None, max_train_pixels: int | None | str = "preset",
                  consistency: bool | None = None, brightness_jitter: float | None = None,
                  snapshot_fraction: float | None = None, nonnegative: bool | None = None,
-                 msi_update: bool | None = None, members: int | None = None, distill: float | None = None):
+                 msi_update: bool | None = None, members: int | None = None, distill: float | None = None,
+                 student_hidden: int | None | str = "preset"):
         preset = DEFAULT_PRESET if preset is None else preset
         if preset not in PRESETS:
             raise ModelError(f"Unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}.")
@@ -692,6 +700,9 @@ class SpectraLift:
         snapshot_fraction = recipe["snapshot_fraction"] if snapshot_fraction is None else float(snapshot_fraction)
         members = recipe["members"] if members is None else members
         distill = recipe["distill"] if distill is None else float(distill)
+        student_hidden = recipe["student_hidden"] if student_hidden == "preset" else student_hidden
+        if student_hidden is not None and int(student_hidden) < 1:
+            raise ModelError(f"student_hidden must be at least 1 (or None: the members' width), got {student_hidden}.")
         if not 0.0 <= brightness_jitter < 1.0:
             raise ModelError(f"brightness_jitter must be in [0, 1), got {brightness_jitter}.")
         if not 0.0 <= snapshot_fraction <= 1.0:
@@ -741,6 +752,8 @@ class SpectraLift:
         #: the training steps of the one network that learns the ensemble's mean on the HR-MSI's pixels, as a share
         #: of ``steps`` (0: no student; predict then runs every member)
         self.distill = float(distill)
+        #: the student's width (None: the members' ``hidden``; it then starts from member 0's weights, else afresh)
+        self.student_hidden = None if student_hidden is None else int(student_hidden)
         _resolve_device(self.device)  # fail early on an unusable device
 
         # Set by fit().
@@ -828,7 +841,7 @@ class SpectraLift:
         if member is not None and not 0 <= member < members:
             raise ModelError(f"member must be in [0, {members}), got {member}.")
         state = self._state if members == 1 else {k: v[member] for k, v in self._state.items()}
-        net = self._new_network(self.n_bands_in, self.n_bands_out)
+        net = SpectraLiftMLP(self.n_bands_in, self.n_bands_out, int(np.shape(state["layer1.weight"])[0]))
         net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
         return net.eval().to(_resolve_device(self.device))
 
@@ -942,8 +955,8 @@ class SpectraLift:
         if start is not None:
             nets[0].load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in start.items()})
         net = (nets[0] if self.members == 1 else SpectraLiftMembers(nets)).to(dev).train()
-        x = torch.from_numpy(inputs.astype(np.float32)).to(dev)
-        y = torch.from_numpy(target.astype(np.float32)).to(dev)
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(dev)  # no copy if float32 already
+        y = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(dev)
 
         optimizer = _FlatKerasAdam(net)
         step_sizes = _adam_step_sizes(self.learning_rates())
@@ -997,7 +1010,8 @@ class SpectraLift:
         Why: the members' mean is better than any one network (HyperBench's zoo: SAM -10.9 % -> -15.2 % against the
         faithful preset with three members), but predicting with K networks costs K times the inference. A student
         that learns the mean where it will be used - the HR-MSI's own pixels, purer and darker than any LR pixel -
-        keeps most of the gain at one network's cost (docs/benchmarks.md, "Stop 29"). The teacher's outputs are
+        keeps most of the gain at one network's cost (docs/benchmarks.md, "Stop 29"); a narrower one
+        (``student_hidden``) costs half that to predict, and is trained afresh ("Stop 31"). The teacher's outputs are
         exact products (:class:`ExactNetwork`), so they do not depend on how many pixels are sampled.
         """
         pixels = np.asarray(hr_pixels, dtype=np.float64)
@@ -1017,14 +1031,18 @@ class SpectraLift:
                 teacher(torch.from_numpy(scaled[a:b]).to(dev), torch.from_numpy(taught[:, a:b]))
         student = copy.copy(self)  # the recipe's warm-up share, jitter and snapshots, for one network
         student.members, student.steps = 1, self.student_steps
-        student.lr_initial, student.lr_max = STUDENT_LEARNING_RATES
-        student.max_train_pixels = STUDENT_TRAIN_PIXELS if self.max_train_pixels is None \
-            else min(self.max_train_pixels, STUDENT_TRAIN_PIXELS)
         student.seed = self.seed + self.members * MEMBER_SEED_STRIDE  # the next member's seed: its sample, jitter
-        first = {name: value[0] for name, value in self._state.items()}
+        first = None
+        if self.student_hidden in (None, self.hidden):  # fine-tunes member 0
+            student.lr_initial, student.lr_max = STUDENT_LEARNING_RATES
+            student.max_train_pixels = STUDENT_TRAIN_PIXELS if self.max_train_pixels is None \
+                else min(self.max_train_pixels, STUDENT_TRAIN_PIXELS)
+            first = {name: value[0] for name, value in self._state.items()}
+        else:  # another width: a fresh network on the members' own schedule
+            student.hidden = self.student_hidden
         with torch_threads(self.num_threads):
-            state, history = student._train(np.concatenate([inputs, scaled]).astype(np.float64),
-                                            np.concatenate([target, taught.T]).astype(np.float64), dev,
+            state, history = student._train(np.concatenate([inputs, scaled]),  # float64: the sampler's strata
+                                            np.concatenate([target, taught.T]), dev,  # float32, as _train uses it
                                             progress, start=first)
         self._state, self.history = state, self.history + history
         self._folded_output = None if self._msi_gain is None else fold_msi_update(state, R, self._msi_gain)
@@ -1058,30 +1076,44 @@ class SpectraLift:
         the LR-HSI's area: ``ratio`` (HR pixels per LR pixel, same origin) follows from the shapes when both axes
         agree, else give it, or ``grid`` (a :class:`geolift.blur.GridPair`) for grids that do not nest.
         """
+        self._check_fitted()
         hr_msi = np.asarray(hr_msi)
-        if self.awaiting_student and hr_msi.ndim == 3 and hr_msi.shape[0] == self.n_bands_in:  # else: the error below
-            log.info("Training the ensemble's one-network student on this HR-MSI's pixels (the first predict call's "
-                     "image; pass hr_msi to fit to choose it).")
+        wanted = self.consistency if consistency is None else bool(consistency)
+        if wanted and self._lr_hsi is None and consistency:
+            raise ModelError("The consistency step needs the LR-HSI fit() saw; this model was fitted without "
+                             "keeping it (keep_lr_hsi=False), or its recipe has no such step.")
+        corrects = wanted and self._lr_hsi is not None
+        shaped = hr_msi.ndim == 3 and hr_msi.shape[0] == self.n_bands_in  # else: _predict_network's error below
+        if corrects and shaped and grid is None and ratio is None:
+            ratio = self._ratio_from_shapes(hr_msi.shape[1:])  # before the student: a refused call trains nothing
+        if self.awaiting_student and shaped:
+            if corrects:  # the image covers the LR-HSI's area: the scene itself
+                log.info("Training the ensemble's one-network student on this HR-MSI's pixels (the first predict "
+                         "call's image; pass hr_msi to fit to choose it).")
+            else:
+                self._warn_lazy_student(f"this call's {hr_msi.shape[1]} x {hr_msi.shape[2]} px image")
             self._train_student(distillation_pixels(hr_msi))
         x0 = self._predict_network(hr_msi, progress)
-        wanted = self.consistency if consistency is None else bool(consistency)
         if not wanted:
             return x0
         if self._lr_hsi is None:
-            if consistency:
-                raise ModelError("The consistency step needs the LR-HSI fit() saw; this model was fitted without "
-                                 "keeping it (keep_lr_hsi=False), or its recipe has no such step.")
             return self._skip_consistency(x0, "the model was fitted with keep_lr_hsi=False")
         from geolift import refine
 
-        if grid is None and ratio is None:
-            ratio = self._ratio_from_shapes(x0.shape[1:])
         try:
             x, _, _ = refine.refine(x0, self._lr_hsi, hr_msi, self._response, ratio, grid=grid,
                                     value_range=self.output_range)
         except ModelError as exc:
             return self._skip_consistency(x0, str(exc).rstrip("."))
         return x
+
+    @staticmethod
+    def _warn_lazy_student(what: str) -> None:
+        """Say that the student learns from ``what`` alone: a first call that is one tile of a larger image would
+        teach it that tile's materials only, and every later call would use it."""
+        warn(f"The ensemble's one-network student is learning the members' mean from {what} alone (the first "
+             "prediction's input); if that is one tile of a larger image, pass the whole HR-MSI to "
+             "fit(..., hr_msi=...) so that the student learns the scene.", stacklevel=4)
 
     def _ratio_from_shapes(self, hr_shape: tuple[int, int]) -> float:
         lr_shape = self._lr_hsi.shape[1:]
@@ -1120,6 +1152,7 @@ class SpectraLift:
         if X.ndim != 2 or X.shape[1] != self.n_bands_in:
             raise ModelError(f"Pixels must be an (n, {self.n_bands_in}) array of MSI spectra, got shape {X.shape}.")
         if self.awaiting_student:  # these pixels stand for the image (at most DISTILL_PIXELS of them, evenly spaced)
+            self._warn_lazy_student(f"this call's {X.shape[0]} pixels")
             self._train_student(X[::max(1, -(-X.shape[0] // DISTILL_PIXELS))])
         out = np.empty((X.shape[0], self.n_bands_out), dtype=np.float32)
 
@@ -1180,6 +1213,7 @@ class SpectraLift:
         state.setdefault("_folded_output", None)
         state.setdefault("members", 1)
         state.setdefault("distill", 0.0)
+        state.setdefault("student_hidden", None)
         state.setdefault("_pairs", None)
         state.setdefault("_msi_gain", None)
         self.__dict__.update(state)

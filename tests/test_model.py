@@ -3,13 +3,14 @@ streaming, NaN handling, units, clipping, errors, pickling and that it actually 
 
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from helpers import box_response
 
-from geolift.errors import GeoliftError, ModelError
+from geolift.errors import GeoliftError, GeoliftWarning, ModelError
 from geolift.model import (  # internals checked against their references
     DISTILL_PIXELS,
     MEMBER_SEED_STRIDE,
@@ -427,9 +428,9 @@ def test_cuda_requested_without_cuda_raises_and_auto_falls_back(scene):
     with pytest.raises(ModelError, match="CUDA is not available"):
         SpectraLift(device="cuda")
     cube, R, _ = scene
-    auto = SpectraLift(steps=20, device="auto", consistency=False).fit(cube, R)
-    cpu = SpectraLift(steps=20, device="cpu", consistency=False).fit(cube, R)
     msi = msi_of(cube, R)
+    auto = SpectraLift(steps=20, device="auto", consistency=False).fit(cube, R, hr_msi=msi)
+    cpu = SpectraLift(steps=20, device="cpu", consistency=False).fit(cube, R, hr_msi=msi)
     np.testing.assert_array_equal(auto.predict(msi), cpu.predict(msi))
 
 
@@ -457,7 +458,8 @@ def test_pickle_round_trip_gives_identical_predictions(fitted, scene):
 def test_progress_callback_reports_training_and_prediction(scene):
     cube, R, _ = scene
     calls = []
-    model = SpectraLift(steps=50, chunk_pixels=100, consistency=False).fit(cube, R, progress=lambda *a: calls.append(a))
+    model = SpectraLift(steps=50, chunk_pixels=100, consistency=False, members=1)  # one network: the next test
+    model.fit(cube, R, progress=lambda *a: calls.append(a))                       # has the student's bar
     train = [c for c in calls if c[2] == "train"]
     assert train[0] == (0, 50, "train") and train[-1] == (50, 50, "train")
     assert [c[0] for c in train] == sorted(c[0] for c in train)
@@ -483,7 +485,7 @@ def test_num_threads_applies_during_work_and_is_restored(scene):
     seen = []
     before = torch.get_num_threads()
     model = SpectraLift(steps=3, num_threads=2, consistency=False)
-    model.fit(cube, R, progress=lambda *a: seen.append(torch.get_num_threads()))
+    model.fit(cube, R, hr_msi=msi_of(cube, R), progress=lambda *a: seen.append(torch.get_num_threads()))
     model.predict(msi_of(cube, R), progress=lambda *a: seen.append(torch.get_num_threads()))
     assert seen and set(seen) == {2}
     assert torch.get_num_threads() == before
@@ -494,12 +496,13 @@ def test_num_threads_applies_during_work_and_is_restored(scene):
 # ---------------------------------------------------------------- it learns
 def test_learns_linear_mixing_and_beats_mean_spectrum(scene):
     cube, R, E = scene
-    model = SpectraLift(steps=500, seed=0).fit(cube, R)
-    assert model.history[-1] < 0.2 * model.history[0]
     # held-out pixels: new abundances of the same materials, seen only through their MSI
     rng = np.random.default_rng(99)
     held_out = rng.dirichlet(np.ones(E.shape[0]) * 0.7, size=400) @ E  # (400, C)
-    pred = model.predict_pixels((held_out @ R.T).astype(np.float32))
+    msi_pixels = (held_out @ R.T).astype(np.float32)
+    model = SpectraLift(steps=500, seed=0).fit(cube, R, hr_pixels=msi_pixels)  # the student learns at these pixels
+    assert model.history[-1] < 0.2 * model.history[0]
+    pred = model.predict_pixels(msi_pixels)
     rmse_model = np.sqrt(np.mean((pred - held_out) ** 2))
     mean_spectrum = np.nanmean(cube.reshape(cube.shape[0], -1), axis=1)
     rmse_mean = np.sqrt(np.mean((mean_spectrum[None, :] - held_out) ** 2))
@@ -516,6 +519,7 @@ def test_presets_name_their_recipes():
     assert (faithful.steps, faithful.hidden, faithful.lr_max) == (2500, 64, 1e-2)  # the paper's
     assert (improved.steps, improved.hidden, improved.lr_max) == (833, 64, 1e-2)  # a third of 2500 each: PRESETS
     assert (improved.members, improved.distill, improved.student_steps) == (3, 0.36, 300)  # three and a student
+    assert improved.student_hidden is None  # as wide as the members, fine-tuned from member 0: see PRESETS
     assert improved.brightness_jitter == 0.0  # measured with the ensemble: see PRESETS
     assert SpectraLift(members=1).student_steps == 0  # one network has no student
     assert (faithful.members, faithful.distills) == (1, False)
@@ -785,7 +789,8 @@ def test_student_replaces_the_ensemble_by_one_network_that_keeps_its_quality(sce
     assert np.ndim(given._state["layer1.weight"]) == 2 and given.network().layer1.weight.shape[0] == 64
     lazy = SpectraLift(members=3, distill=1.0, **common).fit(cube, R)
     assert lazy.awaiting_student
-    got = lazy.predict(msi)
+    with pytest.warns(GeoliftWarning, match="student is learning"):  # the network alone: perhaps one tile
+        got = lazy.predict(msi)
     assert lazy.distilled
     np.testing.assert_array_equal(got, given.predict(msi))
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(given)).predict(msi), got)
@@ -795,7 +800,61 @@ def test_student_replaces_the_ensemble_by_one_network_that_keeps_its_quality(sce
     assert (given.student_steps, SpectraLift(steps=1000, members=3, distill=0.36).student_steps) == (150, 360)
     with pytest.raises(ModelError, match="distill must be in"):
         SpectraLift(distill=-1)
+    with pytest.raises(ModelError, match="student_hidden must be at least 1"):
+        SpectraLift(student_hidden=0)
     assert not SpectraLift(members=1, distill=0.5).distills  # one network has nothing to distil
+
+
+def test_a_narrower_student_trains_afresh_at_its_own_width(scene):
+    """``student_hidden`` narrower than the members: the student is one network of that width (what predicts is
+    that network, about a third of the multiply-adds per pixel at 32 instead of 64 wide), trained from its own
+    initialisation for ``distill`` of the steps, the same whether the HR-MSI comes to ``fit`` or to the first
+    ``predict``; and it learned the spectra, not a flat mean."""
+    cube, R, E = scene
+    rng = np.random.default_rng(11)
+    truth = (rng.dirichlet(np.ones(len(E)) * 0.2, size=(32 * 32)) @ E).T.reshape(-1, 32, 32).astype(np.float32)
+    msi = msi_of(truth, R)
+    common = dict(steps=150, seed=1, consistency=False, members=3, distill=1.0, student_hidden=32)
+    given = SpectraLift(**common).fit(cube, R, hr_msi=msi)
+    net = given.network()
+    assert given.distilled and net.layer1.weight.shape == (32, R.shape[0])
+    assert net.output_layer.weight.shape == (cube.shape[0], 32)
+    assert given._inference_network()._hidden == 32
+    assert len(given.history) == 150 + given.student_steps == 300
+    lazy = SpectraLift(**common).fit(cube, R)
+    with pytest.warns(GeoliftWarning, match="student is learning"):  # the network alone: perhaps one tile
+        got = lazy.predict(msi)
+    np.testing.assert_array_equal(got, given.predict(msi))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(given)).predict(msi), got)
+    flat = np.abs(cube.reshape(cube.shape[0], -1).mean(axis=1)[:, None, None] - truth).mean()
+    assert float(np.abs(got - truth).mean()) < 0.2 * flat
+
+
+def test_a_student_left_to_the_first_prediction_says_so_unless_that_is_the_scene(scene):
+    """Fitted without ``hr_msi``, the student learns from the first prediction's input. With the consistency step
+    that input covers the LR-HSI's area (the scene itself): logged. The network alone on an image, or pixels,
+    may be one tile of a larger image: warned, since every later call uses that student. A call refused for its
+    shape trains nothing."""
+    cube, R, _ = scene
+    msi = msi_of(cube, R)
+    hr = np.kron(msi, np.ones((1, 2, 2), np.float32))  # the LR-HSI's area at twice the resolution
+    common = dict(steps=20, members=2, distill=0.5)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        whole = SpectraLift(**common).fit(cube, R)
+        whole.predict(hr)
+    assert whole.distilled and not [w for w in seen if "student" in str(w.message)]
+    tile = SpectraLift(**common, consistency=False).fit(cube, R)
+    with pytest.warns(GeoliftWarning, match="student is learning the members' mean from this call's 8 x 8 px image"):
+        tile.predict(msi[:, :8, :8])
+    assert tile.distilled
+    pixels = SpectraLift(**common, consistency=False).fit(cube, R)
+    with pytest.warns(GeoliftWarning, match="from this call's 10 pixels alone"):
+        pixels.predict_pixels(msi.reshape(msi.shape[0], -1).T[:10])
+    refused = SpectraLift(**common).fit(cube, R)
+    with pytest.raises(ModelError, match="not the LR-HSI's area"):
+        refused.predict(hr[:, :, :30])
+    assert refused.awaiting_student
 
 
 def test_student_inputs_are_checked(scene):

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from geolift import evaluate
 from geolift import refine as rf
 from geolift.cli import _register_commands, app
+from geolift.errors import GeoliftWarning
 from geolift.fuse import FuseOptions, pipelined, prepare_fusion, write_fusion
 from geolift.model import DEFAULT_PRESET
 
@@ -331,7 +332,7 @@ def test_sampled_fit_on_a_large_scene_copies_only_a_stratified_pool(monkeypatch)
     real_pool = model_module._stratified_pool
     monkeypatch.setattr(model_module, "_stratified_pool", lambda *a, **k: pools.append(real_pool(*a, **k)) or pools[-1])
     tracemalloc.start()
-    a = SpectraLift(steps=30, seed=1, max_train_pixels=256).fit(lr, R)
+    a = SpectraLift(steps=30, seed=1, max_train_pixels=256).fit(lr, R)  # the members' fit (the student: below)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 1.5 * lr.nbytes, f"fit allocated {peak / 1e6:.0f} MB for a {lr.nbytes / 1e6:.0f} MB scene"
@@ -343,7 +344,9 @@ def test_sampled_fit_on_a_large_scene_copies_only_a_stratified_pool(monkeypatch)
     b = SpectraLift(steps=30, seed=1, max_train_pixels=256).fit(lr, R)
     np.testing.assert_array_equal(pools[1], pool)
     msi = np.tensordot(R, lr[:, 100:140, 100:140], axes=1)
-    np.testing.assert_array_equal(a.predict(msi, consistency=False), b.predict(msi, consistency=False))
+    with pytest.warns(GeoliftWarning, match="student is learning"):  # each student learns this 40 x 40 image
+        predictions = [model.predict(msi, consistency=False) for model in (a, b)]
+    np.testing.assert_array_equal(*predictions)
 
 
 @pytest.mark.parametrize("preset", ["geolift", "spectralift"])
@@ -378,9 +381,12 @@ def test_the_library_says_what_the_consistency_step_needs():
     model = SpectraLift(steps=5).fit(lr, R)
     with pytest.raises(ModelError, match="not the LR-HSI's area at a finer resolution"):
         model.predict(rng.random((3, 8, 12)))  # 1 and 1.5: no single ratio
-    assert model.predict(rng.random((3, 8, 8)), consistency=False).shape == (6, 8, 8)
-    forgetful = SpectraLift(steps=5).fit(lr, R, keep_lr_hsi=False)
+    assert model.awaiting_student  # the refused call trained nothing
+    with pytest.warns(GeoliftWarning, match="student is learning"):  # the network alone on an 8 x 8 image
+        assert model.predict(rng.random((3, 8, 8)), consistency=False).shape == (6, 8, 8)
+    hr = rng.random((3, 32, 32))
+    forgetful = SpectraLift(steps=5).fit(lr, R, keep_lr_hsi=False, hr_msi=hr)
     with pytest.raises(ModelError, match="keep_lr_hsi=False"):
-        forgetful.predict(rng.random((3, 32, 32)), consistency=True)
+        forgetful.predict(hr, consistency=True)
     with pytest.warns(UserWarning, match="Consistency step skipped: the model was fitted with keep_lr_hsi=False"):
-        forgetful.predict(rng.random((3, 32, 32)))
+        forgetful.predict(hr)

@@ -362,7 +362,7 @@ def test_default_mode_beats_the_faithful_preset_on_a_potsdam_wald_case(potsdam_c
         faithful = SpectraLift(preset="spectralift", seed=seed, value_range=(0, 1), num_threads=1)
         x_faithful = faithful.fit(case.lr_hsi, case.R).predict(case.hr_msi)
         default = SpectraLift(preset="geolift", seed=seed, value_range=(0, 1), num_threads=1)
-        x0 = default.fit(case.lr_hsi, case.R).predict(case.hr_msi, consistency=False)
+        x0 = default.fit(case.lr_hsi, case.R, hr_msi=case.hr_msi).predict(case.hr_msi, consistency=False)
         x, psf, _ = rf.refine(x0, case.lr_hsi, case.hr_msi, case.R, 4, value_range=default.data_range)
         assert psf.width == pytest.approx(3.4, rel=0.10) and psf.boundary == "zero"
         gains.append(ev.psnr(case.gt, x) - ev.psnr(case.gt, x_faithful))
@@ -444,7 +444,7 @@ def test_under_a_sinc_blur_the_free_kernel_carries_the_step_above_the_faithful_n
     29.62 dB at 300 steps)."""
     case = blur_cases["sinc"]
     faithful = SpectraLift(preset="spectralift", seed=0, steps=300, value_range=(0, 1)).fit(case.lr_hsi, case.R)
-    default = SpectraLift(seed=0, steps=300, value_range=(0, 1)).fit(case.lr_hsi, case.R)
+    default = SpectraLift(seed=0, steps=300, value_range=(0, 1)).fit(case.lr_hsi, case.R, hr_msi=case.hr_msi)
     network = default.predict(case.hr_msi, consistency=False)
     fused = default.predict(case.hr_msi)
     assert ev.psnr(case.gt, fused) > ev.psnr(case.gt, faithful.predict(case.hr_msi)) + 1.0
