@@ -1113,7 +1113,7 @@ class SpectraLift:
         teach it that tile's materials only, and every later call would use it."""
         warn(f"The ensemble's one-network student is learning the members' mean from {what} alone (the first "
              "prediction's input); if that is one tile of a larger image, pass the whole HR-MSI to "
-             "fit(..., hr_msi=...) so that the student learns the scene.", stacklevel=4)
+             "fit(..., hr_msi=...) so that the student learns the scene.", stacklevel=3)
 
     def _ratio_from_shapes(self, hr_shape: tuple[int, int]) -> float:
         lr_shape = self._lr_hsi.shape[1:]

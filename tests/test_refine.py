@@ -337,13 +337,15 @@ def test_grid_errors():
 
 
 # ---------------------------------------------------------------------------------------- real data
-#: Seeds of the quality test and what ``benchmarks/kernel_levels.py`` measured for them (docs/benchmarks.md,
-#: "Across CPU kernel levels", AMD EPYC with AVX-512): the mean PSNR gain over seeds 42-44 was +0.78 to +1.06 dB
-#: across six kernel levels, every seed at least +0.43 dB; the mean SAM ratio 0.834 to 0.840. The test asserts
-#: half of the smallest mean gain (and of the SAM reduction), and that no seed loses.
+#: Seeds of the quality test and what ``benchmarks/kernel_levels.py`` measured for them with the default of
+#: December 2026 (three members and their student; docs/benchmarks.md, "Across CPU kernel levels", AMD EPYC with
+#: AVX2, five kernel levels): the mean PSNR gain over seeds 42-44 was +1.76 to +2.15 dB, every seed at least
+#: +1.35 dB; the mean SAM ratio 0.720 to 0.740. (The one-network default of November, on six levels of an AVX-512
+#: machine: +0.78 to +1.06 dB, 0.834 to 0.840.) The test asserts half of the smallest mean gain (and of the SAM
+#: reduction), and that no seed loses.
 QUALITY_SEEDS = (42, 43, 44)
-MEASURED_MIN_MEAN_GAIN_DB = 0.78
-MEASURED_MAX_MEAN_SAM_RATIO = 0.84
+MEASURED_MIN_MEAN_GAIN_DB = 1.76
+MEASURED_MAX_MEAN_SAM_RATIO = 0.74
 
 
 @pytest.mark.slow
