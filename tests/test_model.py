@@ -74,6 +74,17 @@ def fitted(scene):
     return SpectraLift(**FAST, seed=3).fit(cube, R)
 
 
+@pytest.fixture(scope="module")
+def purer_hr_scene(scene):
+    """(truth, HR-MSI) of 32 x 32 pixels of the scene's materials, purer than its LR mixtures: where a student must
+    carry the members' mean beyond the LR pixels."""
+    _, R, E = scene
+    rng = np.random.default_rng(11)
+    pure = rng.dirichlet(np.ones(len(E)) * 0.2, size=(32 * 32)) @ E
+    truth = pure.T.reshape(-1, 32, 32).astype(np.float32)
+    return truth, msi_of(truth, R)
+
+
 def msi_of(cube, R):
     return np.tensordot(R, cube, axes=1).astype(np.float32)
 
@@ -773,15 +784,12 @@ def test_distillation_grid_depends_on_the_shape_alone_and_keeps_under_its_limit(
     np.testing.assert_array_equal(pixels, cube[:, ::2, ::2].reshape(2, -1).T)
 
 
-def test_student_replaces_the_ensemble_by_one_network_that_keeps_its_quality(scene):
+def test_student_replaces_the_ensemble_by_one_network_that_keeps_its_quality(scene, purer_hr_scene):
     """With ``distill`` an ensemble ends as one network, trained on the LR pairs and the members' mean at the
     HR pixels: one network's inference, about the ensemble's error, and the same student whether the HR-MSI comes
     to ``fit`` or to the first ``predict``."""
-    cube, R, E = scene
-    rng = np.random.default_rng(11)
-    pure = rng.dirichlet(np.ones(len(E)) * 0.2, size=(32 * 32)) @ E  # purer pixels than the LR scene's mixtures
-    truth = pure.T.reshape(-1, 32, 32).astype(np.float32)
-    msi = msi_of(truth, R)
+    cube, R, _ = scene
+    truth, msi = purer_hr_scene
     common = dict(steps=150, seed=1, consistency=False)
     teacher = SpectraLift(members=3, distill=0.0, **common).fit(cube, R)
     given = SpectraLift(members=3, distill=1.0, **common).fit(cube, R, hr_msi=msi)
@@ -805,15 +813,13 @@ def test_student_replaces_the_ensemble_by_one_network_that_keeps_its_quality(sce
     assert not SpectraLift(members=1, distill=0.5).distills  # one network has nothing to distil
 
 
-def test_a_narrower_student_trains_afresh_at_its_own_width(scene):
+def test_a_narrower_student_trains_afresh_at_its_own_width(scene, purer_hr_scene):
     """``student_hidden`` narrower than the members: the student is one network of that width (what predicts is
     that network, about a third of the multiply-adds per pixel at 32 instead of 64 wide), trained from its own
     initialisation for ``distill`` of the steps, the same whether the HR-MSI comes to ``fit`` or to the first
     ``predict``; and it learned the spectra, not a flat mean."""
-    cube, R, E = scene
-    rng = np.random.default_rng(11)
-    truth = (rng.dirichlet(np.ones(len(E)) * 0.2, size=(32 * 32)) @ E).T.reshape(-1, 32, 32).astype(np.float32)
-    msi = msi_of(truth, R)
+    cube, R, _ = scene
+    truth, msi = purer_hr_scene
     common = dict(steps=150, seed=1, consistency=False, members=3, distill=1.0, student_hidden=32)
     given = SpectraLift(**common).fit(cube, R, hr_msi=msi)
     net = given.network()
